@@ -1,0 +1,1 @@
+"""Evaluation: sampling, downstream classifiers, FID / precision / recall."""

@@ -1,0 +1,1 @@
+"""Reports, profiles and regression checks built from result files alone."""
