@@ -1,0 +1,1 @@
+"""The one DP training loop shared by every method, and its measurements."""

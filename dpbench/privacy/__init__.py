@@ -1,0 +1,1 @@
+"""Privacy: accounting / noise calibration and the registered workarounds for Opacus' grad samplers."""
