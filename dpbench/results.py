@@ -41,7 +41,7 @@ RESULT_KEYS = (
 
 BASELINE_KEYS = (
     "schema_version", "suite", "dataset", "dataset_label", "fid_backbone", "fid_num_samples",
-    "fid_reference", "pretrained_fid", "pretrained_precision", "pretrained_recall",
+    "fid_reference", "pretrained_fid", "pretrained_precision", "pretrained_recall", "pretrained_accuracy",
     "real_data_accuracy", "real_data_accuracy_std", "classifier",
 )
 

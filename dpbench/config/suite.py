@@ -119,6 +119,7 @@ class TrainingSettings(Strict):
     label_dropout: float = Field(default=0.0, ge=0, lt=1, description="p of training the null class, for guidance")
     mixed_precision: Literal["auto", "bf16", "no"] = "auto"
     warmup_steps: int = Field(default=2, ge=0, description="steps excluded from the step-time median")
+    checkpoint_seconds: float = Field(default=30.0, ge=0, description="resume checkpoint interval (0 = every step)")
 
 
 class SamplingSettings(Strict):

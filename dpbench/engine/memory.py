@@ -6,10 +6,19 @@
 - CPU: peak resident set size above the baseline at the start (``memory_kind = "cpu_rss_delta"``). Linux
   lets a process reset its RSS high-water mark (``/proc/self/clear_refs`` ← 5), so the peak is the peak
   of this phase alone; where that is not allowed a 2 ms sampling thread stands in.
+
+  RSS only tracks tensor memory if freed tensors leave the process: glibc keeps freed heap memory
+  (its mmap threshold grows after the first large free), which made repeated measurements of the same
+  step differ by 10×. Inside ``PeakMemory`` on CPU, glibc's mmap threshold is pinned to 64 KiB, so every
+  tensor larger than that is its own mapping and is returned on free; measured this way the same step
+  repeats to within a few percent. It also makes allocation ~2× slower, so callers measure memory on
+  steps they do not time (the DP loop: its warm-up steps) and the fast setting is restored on exit.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 import time
 from pathlib import Path
@@ -27,6 +36,31 @@ def _status_kib(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_PRECISE_THRESHOLD = 64 * 1024
+_FAST_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
+
+
+def _precise_cpu_allocation(enabled: bool) -> None:
+    if _LIBC is not None:
+        threshold = _PRECISE_THRESHOLD if enabled else _FAST_THRESHOLD
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, threshold)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, 2 * threshold)  # what glibc's dynamic adjustment would pick
+        _LIBC.malloc_trim(0)
 
 
 def _reset_hwm() -> bool:
@@ -89,6 +123,7 @@ class PeakMemory:
                 self._nvml = _Sampler(reader, 0.01)
                 self._nvml.start()
         else:
+            _precise_cpu_allocation(True)
             self._base = (_status_kib("VmRSS") or 0) * 1024
             if not _reset_hwm():
                 self._sampler = _Sampler(lambda: (_status_kib("VmRSS") or 0) * 1024, 0.002)
@@ -105,4 +140,5 @@ class PeakMemory:
         else:
             peak = self._sampler.stop() if self._sampler else (_status_kib("VmHWM") or 0) * 1024
             self.peak_bytes = max(0, int(peak - self._base))
+            _precise_cpu_allocation(False)
         return False

@@ -55,18 +55,20 @@ def denoising_loss_rows(model: nn.Module, scheduler, x0: torch.Tensor, labels: t
 def reset_class_embedding(model: nn.Module, num_classes: int) -> None:
     """A fresh class embedding for the private label set (``num_classes`` rows + the null row).
 
-    Initialised from *public* information only: each private class starts at the mean of the
-    pretrained class rows (the "average class"), the null row at the pretrained null row; a model
-    pretrained without classes gets zeros (= its unconditional behaviour).
+    Initialised from *public* information only: private class ``i`` starts at the pretrained row of
+    public class ``i mod P`` — distinct rows the model already maps to distinct public shapes, so
+    fine-tuning morphs shapes into private classes instead of having to break the symmetry of
+    identical rows under DP noise — and the null row at the pretrained null row. A model pretrained
+    without classes gets zeros (= its unconditional behaviour). No private statistic is used.
     """
     old = model.class_embedding
     dim = model.time_embedding.linear_2.out_features
     ref = next(model.parameters())
     new = nn.Embedding(num_classes + 1, dim, device=ref.device, dtype=ref.dtype)
     with torch.no_grad():
-        if isinstance(old, nn.Embedding) and old.weight.shape[1] == dim:
-            public = old.weight[:-1] if old.num_embeddings > 1 else old.weight
-            new.weight[:-1] = public.mean(0, keepdim=True)
+        if isinstance(old, nn.Embedding) and old.weight.shape[1] == dim and old.num_embeddings > 1:
+            public = old.weight[:-1]
+            new.weight[:-1] = public[torch.arange(num_classes, device=public.device) % len(public)]
             new.weight[-1] = old.weight[-1]
         else:
             new.weight.zero_()

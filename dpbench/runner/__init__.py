@@ -1,0 +1,5 @@
+"""The suite runner: plan the grid, run each cell (train → sample → evaluate → store), summarise."""
+
+from dpbench.registry import EXECUTORS
+
+EXECUTORS.register("local", "dpbench.runner.executors:LocalExecutor", "runs the grid sequentially in this process")

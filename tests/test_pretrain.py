@@ -1,0 +1,62 @@
+"""Pretraining: round-trips bit-identically through save_pretrained/from_pretrained; cached by settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dpbench.config.suite import parse_suite
+from dpbench.errors import UserError
+from dpbench.models.pretrain import load_pretrained
+
+SUITE = {
+    "name": "pretrain-test",
+    "data": {"private": {"name": "digits", "image_size": 8, "channels": 1},
+             "public": {"name": "digits", "image_size": 8, "channels": 1}},
+    "model": {"preset": "tiny"},
+    "pretrain": {"steps": 5, "batch_size": 16, "lr": 0.001},
+    "privacy": {"epsilons": [1], "delta": 1e-4, "expected_batch_size": 32, "steps": 2, "max_grad_norm": 1.0,
+                "physical_batch_size": 16},
+    "methods": [{"name": "lora"}],
+}
+
+
+def test_pretrain_round_trip_and_cache(tmp_path):
+    suite = parse_suite(SUITE)
+    first = load_pretrained(suite, cache_dir=str(tmp_path), progress=False)
+    assert not first.cache_hit and first.source.startswith("trained:")
+    assert (tmp_path / "pretrained").is_dir()
+    files = {p.name for p in (tmp_path / "pretrained").glob("*/*")}
+    assert "diffusion_pytorch_model.safetensors" in files and "config.json" in files
+    second = load_pretrained(suite, cache_dir=str(tmp_path), progress=False)
+    assert second.cache_hit and second.source == "cache:" + first.source.split(":")[1]
+    x = torch.randn(4, 1, 8, 8)
+    t = torch.tensor([1, 100, 500, 999])
+    y = torch.tensor([0, 3, 9, 10])
+    with torch.no_grad():
+        a = first.model(x, t, class_labels=y).sample
+        b = second.model(x, t, class_labels=y).sample
+    assert torch.equal(a, b), "the reloaded model gives bit-identical outputs"
+    # anything that determines the weights changes the key
+    changed = parse_suite({**SUITE, "pretrain": {**SUITE["pretrain"], "steps": 6}})
+    third = load_pretrained(changed, cache_dir=str(tmp_path), progress=False)
+    assert not third.cache_hit and third.path != first.path
+
+
+def test_missing_pretrained_directory_is_a_user_error(tmp_path):
+    suite = parse_suite({**SUITE, "model": {"pretrained": str(tmp_path / "nope")}})
+    with pytest.raises(UserError, match="model.pretrained"):
+        load_pretrained(suite)
+
+
+def test_user_pretrained_directory_loads(tmp_path):
+    from dpbench.models.diffusion import build_unet
+
+    build_unet("tiny", 8, 1, 10).save_pretrained(str(tmp_path / "mine"))
+    suite = parse_suite({**SUITE, "model": {"pretrained": str(tmp_path / "mine")}})
+    out = load_pretrained(suite)
+    assert out.source == f"pretrained:{tmp_path / 'mine'}"
+    wrong = parse_suite({**SUITE, "model": {"pretrained": str(tmp_path / "mine")},
+                         "data": {"private": {"name": "digits", "image_size": 16, "channels": 1}}})
+    with pytest.raises(UserError, match="image_size"):
+        load_pretrained(wrong)

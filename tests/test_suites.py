@@ -1,0 +1,142 @@
+"""Suite files: the shipped suites validate; malformed ones fail with one line, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpbench.cli import main
+from dpbench.config.suite import expand_runs, load_suite
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = yaml.safe_load((REPO / "suites" / "quickstart.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["quickstart", "mnist10k-cpu", "mnist", "cifar10"])
+def test_shipped_suites_validate(name, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["validate", "--json", f"suites/{name}.yaml"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    suite = load_suite(REPO / "suites" / f"{name}.yaml")
+    assert len(rows) == len(expand_runs(suite)) == len(suite.seeds) * len(suite.privacy.epsilons) * len(suite.methods)
+    for key in ("run_id", "dataset", "method", "epsilon", "seed", "noise_multiplier", "sample_rate", "steps",
+                "max_grad_norm", "noise_multiplicity"):
+        assert all(key in r for r in rows)
+    # the matched budget: one σ per ε, shared by every method; q and T identical everywhere
+    by_eps = {}
+    for r in rows:
+        by_eps.setdefault(str(r["epsilon"]), set()).add(r["noise_multiplier"])
+    assert all(len(sigmas) == 1 for sigmas in by_eps.values())
+    assert len({(r["sample_rate"], r["steps"]) for r in rows}) == 1
+    assert by_eps["inf"] == {0.0}
+    finite = sorted((float(e), next(iter(s))) for e, s in by_eps.items() if e != "inf")
+    assert all(a[1] > b[1] for a, b in zip(finite, finite[1:])), "σ must fall as ε grows"
+
+
+def test_validate_text_lists_one_line_per_run(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["validate", "suites/quickstart.yaml"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 12 and lines[0].startswith("full-eps2-seed0") and "digits" in lines[0]
+
+
+def _mutate(path: str, value):
+    raw = json.loads(json.dumps(QUICKSTART))
+    node = raw
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    last = keys[-1]
+    if value is _DELETE:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return yaml.safe_dump(raw)
+
+
+_DELETE = object()
+
+# (suite text, substrings the one-line error must contain)
+BAD_SUITES = {
+    "yaml_syntax": ("name: x\nprivacy: [1, 2\n", ["YAML syntax error", "line"]),
+    "not_a_mapping": ("- just\n- a list\n", ["mapping"]),
+    "unknown_top_key": (_mutate("colour", "blue"), ["colour", "unknown key"]),
+    "unknown_nested_key": (_mutate("privacy.clip_norm", 1.0), ["privacy.clip_norm", "unknown key"]),
+    "unknown_method": (_mutate("methods.3.name", "lodaa"), ["methods[3].name", "lodaa", "did you mean 'loda'"]),
+    "unknown_dataset": (_mutate("data.private.name", "mnistt"), ["data.private.name", "mnistt", "did you mean 'mnist'"]),
+    "unknown_preset": (_mutate("model.preset", "tinny"), ["model.preset", "did you mean 'tiny'"]),
+    "epsilon_zero": (_mutate("privacy.epsilons", [0, 10]), ["privacy.epsilons", "> 0"]),
+    "epsilon_negative": (_mutate("privacy.epsilons", [-1]), ["privacy.epsilons", "> 0"]),
+    "delta_too_big_for_n": (_mutate("privacy.delta", 0.01), ["privacy.delta", "1/N", "1437"]),
+    "delta_ge_one": (_mutate("privacy.delta", 1.5), ["privacy.delta", "less than 1"]),
+    "batch_larger_than_data": (_mutate("privacy.expected_batch_size", 5000), ["privacy.expected_batch_size", "1437"]),
+    "missing_field": (_mutate("privacy.max_grad_norm", _DELETE), ["privacy.max_grad_norm", "missing"]),
+    "missing_section": (_mutate("methods", _DELETE), ["methods", "missing"]),
+    "wrong_type": (_mutate("privacy.physical_batch_size", "lots"), ["privacy.physical_batch_size", "integer"]),
+    "epochs_and_steps": (_mutate("privacy.steps", 10), ["epochs", "steps"]),
+    "bad_method_option": (_mutate("methods.2.options", {"rnak": 4}), ["methods[lora].options.rnak", "allowed options", "rank"]),
+    "duplicate_method": (_mutate("methods.1", {"name": "full"}), ["full", "twice", "label"]),
+    "unreachable_epsilon": (_mutate("privacy.epsilons", [1e-6]), ["privacy.epsilons", "unreachable"]),
+    "image_size_mismatch": (_mutate("data.public.image_size", 28), ["data.public", "image_size"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SUITES))
+def test_bad_suite_is_one_line_exit_2(case, tmp_path, capsys):
+    text, expected = BAD_SUITES[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"dpbench: error: {path}")
+    for piece in expected:
+        assert piece in err, (piece, err)
+    assert "Traceback" not in err
+
+
+def test_missing_suite_file(capsys):
+    assert main(["validate", "does/not/exist.yaml"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD_SUITES["unknown_method"][0])
+    proc = subprocess.run([sys.executable, "-m", "dpbench", "validate", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_ls_lists_registries(capsys):
+    assert main(["ls", "datasets"]) == 0
+    names = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    assert {"mnist", "fashion_mnist", "emnist", "cifar10", "svhn", "digits", "imagefolder", "npz"} <= names
+    assert main(["ls", "methods"]) == 0
+    names = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    assert {"full", "lora", "loda", "bias", "attention"} <= names
+
+
+def test_ls_does_not_import_torch():
+    code = "import sys; from dpbench.cli import main; main(['ls', 'methods']); main(['ls', 'datasets']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
+
+
+def test_only_filter_selects_cells():
+    from dpbench.runner.plan import apply_filters
+    from dpbench.errors import UserError
+
+    runs = expand_runs(load_suite(REPO / "suites" / "quickstart.yaml"))
+    picked = apply_filters(runs, ["method=loda", "epsilon=10"])
+    assert [r.run_id for r in picked] == ["loda-eps10-seed0"]
+    assert len(apply_filters(runs, ["epsilon=inf"])) == 4
+    with pytest.raises(UserError):
+        apply_filters(runs, ["method=nope"])
