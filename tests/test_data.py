@@ -22,8 +22,7 @@ from dpbench.data.base import (
 from dpbench.errors import UserError
 from dpbench.registry import DATASETS
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from conftest import REPO, SHARED_DATA  # noqa: E402
 # Class counts of the 10k MNIST training subset, as documented in ../shared/data/README.md.
 MNIST10K_COUNTS = [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)

@@ -29,8 +29,7 @@ from dpbench.evaluation.features import (
 from dpbench.evaluation.metrics import frechet_distance, frechet_distance_from_stats, precision_recall
 from dpbench.registry import CLASSIFIERS, FID_BACKBONES, load_builtin_entries
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from conftest import REPO, SHARED_DATA  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ data

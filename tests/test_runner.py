@@ -49,6 +49,13 @@ def _dpbench(*args, cwd, env=None, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+def _wait_until(proc, condition, timeout: float = 300) -> None:
+    """Poll (while the process lives) until condition() holds; the caller then sends its signal."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not condition():
+        time.sleep(0.05)
+
+
 def test_run_end_to_end_then_skip(tmp_path):
     from dpbench.cli import main
 
@@ -88,11 +95,7 @@ def test_kill_and_rerun_finishes_every_run_exactly_once(tmp_path):
     env = {"DPBENCH_CACHE": str(tmp_path / "cache")}
     proc = _dpbench("run", str(suite_path), "--no-report", cwd=tmp_path, env=env)
     runs = tmp_path / "results" / "micro" / "runs"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if list(runs.glob("*/checkpoint.pt")) and list(runs.glob("*/result.json")):
-            break
-        time.sleep(0.05)
+    _wait_until(proc, lambda: list(runs.glob("*/checkpoint.pt")) and list(runs.glob("*/result.json")))
     assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -124,9 +127,7 @@ def test_ctrl_c_exits_130_and_keeps_finished_runs(tmp_path):
     env = {"DPBENCH_CACHE": str(tmp_path / "cache")}
     proc = _dpbench("run", str(suite_path), "--no-report", cwd=tmp_path, env=env)
     runs = tmp_path / "results" / "micro" / "runs"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list(runs.glob("*/checkpoint.pt")):
-        time.sleep(0.05)
+    _wait_until(proc, lambda: list(runs.glob("*/checkpoint.pt")))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]

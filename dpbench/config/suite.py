@@ -112,6 +112,7 @@ class MethodSpec(Strict):
 class TrainingSettings(Strict):
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(default=1e-3, gt=0)
+    class_embedding_lr: Optional[float] = Field(default=None, gt=0, description="lr of the private class embedding (default: the method's lr)")
     weight_decay: float = Field(default=0.0, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     ema_decay: Optional[float] = Field(default=0.999, ge=0, lt=1, description="EMA of trainable weights; null = off")

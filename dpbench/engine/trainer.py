@@ -49,6 +49,7 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 class OptimSettings:
     optimizer: str = "adamw"
     lr: float = 1e-3
+    class_embedding_lr: Optional[float] = None  # None: same as lr
     weight_decay: float = 0.0
     momentum: float = 0.9
     ema_decay: Optional[float] = 0.999
@@ -118,10 +119,13 @@ class DPTrainer:
     # ----------------------------------------------------------------------------------------- setup
     def _make_optimizer(self):
         s = self.settings
+        embedding = [p for n, p in self.named_params if n.startswith("class_embedding.")]
+        rest = [p for n, p in self.named_params if not n.startswith("class_embedding.")]
+        groups = [g for g in ({"params": rest}, {"params": embedding, "lr": s.class_embedding_lr or s.lr}) if g["params"]]
         if s.optimizer == "sgd":
-            return torch.optim.SGD(self.params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+            return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
         cls = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
-        return cls(self.params, lr=s.lr, weight_decay=s.weight_decay)
+        return cls(groups, lr=s.lr, weight_decay=s.weight_decay)
 
     # ---------------------------------------------------------------------------- one logical step
     def sample_logical_batch(self) -> torch.Tensor:

@@ -131,7 +131,7 @@ def run_one(ctx: RunContext, planned: PlannedRun) -> dict:
     model = prepare_model(ctx.pretrained.model, method, ctx.num_classes, ctx.device)
     trainable, total = count_parameters(model)
     t = suite.training
-    settings = OptimSettings(optimizer=t.optimizer, lr=planned.lr, weight_decay=t.weight_decay, momentum=t.momentum,
+    settings = OptimSettings(optimizer=t.optimizer, lr=planned.lr, class_embedding_lr=t.class_embedding_lr, weight_decay=t.weight_decay, momentum=t.momentum,
                              ema_decay=t.ema_decay, grad_sample_mode=t.grad_sample_mode, label_dropout=t.label_dropout,
                              mixed_precision=t.mixed_precision, warmup_steps=t.warmup_steps)
     scheduler = make_noise_scheduler(suite.model.num_train_timesteps, suite.model.beta_schedule)
