@@ -171,7 +171,7 @@ class DPTrainer:
             if isinstance(gs, list):  # parameter used twice in one forward: Opacus keeps one entry per use
                 gs = torch.stack(gs).sum(0)
             # Opacus yields one row per (example, copy); the K copies of one example sum to its gradient.
-            grads.append(gs.reshape(b, k, *p.shape).sum(1))
+            grads.append(gs.reshape(b, k, *p.shape).sum(1) if k > 1 else gs.reshape(b, *p.shape))
             p.grad_sample = None
             p.grad = None
         return grads, losses.detach()
