@@ -141,3 +141,11 @@ def test_peft_lora_weights_train_under_dp(digits8):
     assert all(not torch.equal(before[n], p) for n, p in tr.named_params)
     ids = {id(p) for group in tr.optimizer.param_groups for p in group["params"]}
     assert ids == {id(p) for p in tr.params}
+
+
+def test_models_loaded_in_eval_mode_still_get_per_example_gradients(digits8):
+    """from_pretrained() returns eval-mode models; Opacus stores activations only in training mode."""
+    torch.manual_seed(0)
+    model = prepare_model(build_unet("tiny", 8, 1, 10).eval(), METHODS.get("bias")(), 10, "cpu")
+    tr = DPTrainer(model, make_noise_scheduler(), *digits8, _plan(len(digits8[0])), OptimSettings(ema_decay=None), 0, "cpu")
+    assert tr.train_step() > 0 and tr.step == 1

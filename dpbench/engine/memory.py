@@ -12,7 +12,7 @@
   step differ by 10×. Inside ``PeakMemory`` on CPU, glibc's mmap threshold is pinned to 64 KiB, so every
   tensor larger than that is its own mapping and is returned on free; measured this way the same step
   repeats to within a few percent. It also makes allocation ~2× slower, so callers measure memory on
-  steps they do not time (the DP loop: its warm-up steps) and the fast setting is restored on exit.
+  steps they do not time (dpbench/engine/measure.py) and the fast setting is restored on exit.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ Per logical step t = 1..T:
 ε = inf is the non-private reference: same sampling, batches, K, optimiser and step count, plain
 autograd gradients (no hooks, no clipping, no noise).
 
-Step times exclude everything but training steps (the runner samples and evaluates after ``train``);
-peak memory is measured around the training loop alone (dpbench/engine/memory.py).
+Step times exclude everything but training steps (the runner samples and evaluates after ``train``).
+Peak memory is measured apart, on the same loop at a full physical batch of random images
+(dpbench/engine/measure.py): it costs no privacy and repeats to within ~1%.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from dpbench.engine.memory import PeakMemory
 from dpbench.models.diffusion import denoising_loss_rows, num_label_rows
 from dpbench.privacy import grad_samplers  # noqa: F401  (registers the conv workaround)
 from dpbench.privacy.accounting import PrivacyPlan, epsilon_spent, make_accountant
@@ -66,10 +66,6 @@ class TrainStats:
     step_times: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     train_seconds: float = 0.0
-    peak_memory_bytes: Optional[int] = None
-    reserved_memory_bytes: Optional[int] = None
-    nvml_peak_memory_bytes: Optional[int] = None
-    memory_kind: Optional[str] = None
     epsilon_spent: Optional[float] = None
 
     def step_time(self, warmup: int) -> Optional[float]:
@@ -88,6 +84,9 @@ class DPTrainer:
                  plan: PrivacyPlan, settings: OptimSettings, seed: int, device: torch.device | str):
         self.device = torch.device(device)
         self.model, self.scheduler, self.plan, self.settings = model, scheduler, plan, settings
+        # Training mode matters beyond dropout: Opacus' hooks store activations only in training mode,
+        # and from_pretrained() returns models in eval mode.
+        model.train()
         self.dtype = next(model.parameters()).dtype
         self.images = images.to(self.device, self.dtype)
         self.labels = labels.to(self.device)
@@ -245,36 +244,22 @@ class DPTrainer:
                    leave=False, dynamic_ncols=True)
         last_checkpoint = time.monotonic()
         start = time.perf_counter()
-        # Peak memory: on CUDA over the whole loop (exact allocator counters); on CPU over the warm-up
-        # steps only, whose times the step-time median excludes (see dpbench/engine/memory.py).
-        measured_steps = self.plan.steps if self.device.type == "cuda" else self.step + max(1, self.settings.warmup_steps)
-        memory = PeakMemory(self.device).__enter__()
-        try:
-            while self.step < self.plan.steps:
-                t0 = time.perf_counter()
-                n = self.train_step()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                self.stats.step_times.append(time.perf_counter() - t0)
-                self.stats.examples += n
-                if self.step == measured_steps:
-                    memory.__exit__(None, None, None)
-                bar.update(1)
-                if self.stats.losses:
-                    bar.set_postfix(loss=f"{self.stats.losses[-1]:.4f}", batch=n)
-                if on_checkpoint and time.monotonic() - last_checkpoint >= checkpoint_seconds and self.step < self.plan.steps:
-                    on_checkpoint(self)
-                    last_checkpoint = time.monotonic()
-        finally:
-            if memory.peak_bytes is None:
-                memory.__exit__(None, None, None)
+        while self.step < self.plan.steps:
+            t0 = time.perf_counter()
+            n = self.train_step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.stats.step_times.append(time.perf_counter() - t0)
+            self.stats.examples += n
+            bar.update(1)
+            if self.stats.losses:
+                bar.set_postfix(loss=f"{self.stats.losses[-1]:.4f}", batch=n)
+            if on_checkpoint and time.monotonic() - last_checkpoint >= checkpoint_seconds and self.step < self.plan.steps:
+                on_checkpoint(self)
+                last_checkpoint = time.monotonic()
         bar.close()
         self.stats.train_seconds += time.perf_counter() - start
         self.stats.steps = self.step
-        self.stats.peak_memory_bytes = memory.peak_bytes
-        self.stats.reserved_memory_bytes = memory.reserved_bytes
-        self.stats.nvml_peak_memory_bytes = memory.nvml_peak_bytes
-        self.stats.memory_kind = memory.kind
         if initial is not None:
             self._assert_trained(initial)
         self.stats.epsilon_spent = self.epsilon_spent()

@@ -1,9 +1,9 @@
 """`dpbench profile`: per method, DP and non-private side by side in one process, across batch sizes.
 
 For each (method, physical batch size, mode) the DP loop itself (dpbench/engine/trainer.py) runs
-logical steps of exactly one physical batch (q = 1 over a dataset of that size, so no Poisson
-variation): 2 warm-up steps, over which peak memory is measured (reset before, read after), then
-``steps`` timed steps. Because DP and non-private settings are measured back to back in the same
+logical steps of exactly one physical batch on random images of the data's shape (q = 1, so no
+Poisson variation): a warm-up step, three single-step memory peaks (median), then ``steps`` timed
+steps (dpbench/engine/measure.py). Because DP and non-private settings are measured back to back in the same
 process, their *ratio* is comparable across machines (what `dpbench regress` compares). On CUDA,
 ``--find-max-batch`` also doubles the batch until it no longer fits.
 
@@ -14,8 +14,6 @@ Output: a JSON file in the format of dpbench/reporting/profile_files.py; with a 
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,47 +22,21 @@ import torch
 from dpbench.results import SCHEMA_VERSION, write_json_atomic
 
 
-def _plan(batch: int, private: bool, noise_multiplicity: int = 1):
-    from dpbench.privacy.accounting import PrivacyPlan
-
-    return PrivacyPlan(epsilon=1.0 if private else math.inf, delta=1e-5, accountant="rdp", sample_rate=1.0,
-                       steps=10**9, expected_batch_size=batch, noise_multiplier=1.0 if private else 0.0,
-                       max_grad_norm=1.0 if private else math.inf, noise_multiplicity=noise_multiplicity,
-                       physical_batch_size=batch, num_examples=batch)
-
-
-def measure(pretrained, method_name: str, options: dict, images, labels, num_classes: int, batch: int, private: bool,
-            device, steps: int = 6, warmup: int = 2, grad_sample_mode: str = "hooks", noise_multiplicity: int = 1) -> dict:
-    """Median step time and peak memory of one setting (the DP loop's own step)."""
-    from dpbench.engine.memory import PeakMemory
-    from dpbench.engine.trainer import DPTrainer, OptimSettings, prepare_model
+def measure(pretrained, method_name: str, options: dict, image_shape: tuple, num_classes: int, batch: int,
+            private: bool, device, steps: int = 6, grad_sample_mode: str = "hooks", noise_multiplicity: int = 1) -> dict:
+    """Step time and peak memory of one setting: the DP loop's own step (dpbench/engine/measure.py)."""
+    from dpbench.engine.measure import measure_step_cost
+    from dpbench.engine.trainer import OptimSettings, prepare_model
     from dpbench.models.diffusion import count_parameters, make_noise_scheduler
     from dpbench.registry import METHODS
 
     torch.manual_seed(0)
     model = prepare_model(pretrained, METHODS.get(method_name)(options), num_classes, device)
-    x, y = images[:batch], labels[:batch]
-    if len(x) < batch:  # repeat the data to fill large batches
-        reps = math.ceil(batch / len(x))
-        x, y = x.repeat(reps, 1, 1, 1)[:batch], y.repeat(reps)[:batch]
-    trainer = DPTrainer(model, make_noise_scheduler(), x, y, _plan(batch, private, noise_multiplicity),
-                        OptimSettings(ema_decay=None, grad_sample_mode=grad_sample_mode), 0, device)
-    with PeakMemory(device) as memory:  # warm-up steps: memory (precise CPU accounting is slow, see memory.py)
-        for _ in range(max(1, warmup)):
-            trainer.train_step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        trainer.train_step()
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
     trainable, total = count_parameters(model)
-    step_time = statistics.median(times)
-    trainer.finish()
-    return {"step_time_s": step_time, "examples_per_s": batch / step_time, "peak_memory_bytes": memory.peak_bytes,
-            "memory_kind": memory.kind, "nvml_peak_memory_bytes": memory.nvml_peak_bytes,
-            "trainable_params": trainable, "total_params": total}
+    cost = measure_step_cost(model, make_noise_scheduler(), OptimSettings(ema_decay=None, grad_sample_mode=grad_sample_mode),
+                             device, batch=batch, private=private, image_shape=image_shape, num_classes=num_classes,
+                             noise_multiplicity=noise_multiplicity, timed_steps=steps, copy_model=False)
+    return {**cost, "trainable_params": trainable, "total_params": total}
 
 
 def _fits(fn) -> bool:
@@ -84,7 +56,7 @@ def find_max_batch(run, start: int = 32, limit: int = 65536) -> int | None:
     return best
 
 
-def run_profile(*, pretrained, methods: list[tuple[str, str, dict]], images, labels, num_classes: int,
+def run_profile(*, pretrained, methods: list[tuple[str, str, dict]], image_shape: tuple, num_classes: int,
                 batch_sizes: list[int], device, steps: int, source: str, find_max: bool = False,
                 progress: bool = True, noise_multiplicity: int = 1) -> dict:
     from dpbench.provenance import device_description, git_sha, library_versions
@@ -93,7 +65,7 @@ def run_profile(*, pretrained, methods: list[tuple[str, str, dict]], images, lab
     for label, name, options in methods:
         for batch in batch_sizes:
             for mode in ("nonprivate", "dp"):  # side by side, same process, same data
-                row = measure(pretrained, name, options, images, labels, num_classes, batch, mode == "dp", device,
+                row = measure(pretrained, name, options, image_shape, num_classes, batch, mode == "dp", device,
                               steps=steps, noise_multiplicity=noise_multiplicity)
                 entries.append({"method": name, "method_label": label, "mode": mode, "physical_batch_size": batch, **row})
                 if progress:
@@ -101,15 +73,15 @@ def run_profile(*, pretrained, methods: list[tuple[str, str, dict]], images, lab
                           f"{row['examples_per_s']:8.1f} ex/s, peak {row['peak_memory_bytes'] / 2**20:8.1f} MiB", flush=True)
         if find_max and torch.device(device).type == "cuda":
             max_batch[label] = {
-                mode: find_max_batch(lambda b: measure(pretrained, name, options, images, labels, num_classes, b,
-                                                       mode == "dp", device, steps=1, warmup=1,
+                mode: find_max_batch(lambda b: measure(pretrained, name, options, image_shape, num_classes, b,
+                                                       mode == "dp", device, steps=1,
                                                        noise_multiplicity=noise_multiplicity))
                 for mode in ("dp", "nonprivate")
             }
     out = {"schema_version": SCHEMA_VERSION, "kind": "dpbench-profile",
            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "device": device_description(device), "versions": library_versions(), "git_sha": git_sha(),
-           "source": source, "image_size": int(images.shape[-1]), "noise_multiplicity": noise_multiplicity,
+           "source": source, "image_size": int(image_shape[-1]), "noise_multiplicity": noise_multiplicity,
            "entries": entries}
     if max_batch:
         out["max_batch_size"] = max_batch
@@ -145,13 +117,13 @@ def profile_command(args) -> str:
         raise UserError("--batch-sizes: give positive integers, e.g. 8,32,128")
     if args.suite:
         from dpbench.config.suite import load_suite
-        from dpbench.data.base import dataset_num_classes, load_dataset
+        from dpbench.data.base import dataset_num_classes
         from dpbench.models.pretrain import load_pretrained
 
         suite = load_suite(args.suite)
         root = suite.data_root(suite.data.private, args.data_root)
-        images, labels = load_dataset(suite.data.private, root, "train", download=suite.data.download)
         num_classes = dataset_num_classes(suite.data.private, root)
+        image_shape = (suite.data.private.channels, suite.data.private.image_size, suite.data.private.image_size)
         pretrained = load_pretrained(suite, data_root=args.data_root, cache_dir=args.cache_dir, device=str(device),
                                      progress=not args.no_progress).model
         methods = [(m.key, m.name, m.options) for m in suite.methods]
@@ -168,14 +140,12 @@ def profile_command(args) -> str:
             METHODS.check(name)
         methods = [(n, n, {}) for n in names]
         num_classes = 10
-        gen = torch.Generator().manual_seed(0)
-        images = torch.rand(max(batch_sizes), args.channels, args.image_size, args.image_size, generator=gen) * 2 - 1
-        labels = torch.randint(0, num_classes, (len(images),), generator=gen)
+        image_shape = (args.channels, args.image_size, args.image_size)
         torch.manual_seed(0)
         pretrained = build_unet(args.preset, args.image_size, args.channels, num_classes)
         source, default_out = f"preset:{args.preset}", Path("results") / f"profile-{args.preset}.json"
         multiplicity = 1
-    profile = run_profile(pretrained=pretrained, methods=methods, images=images, labels=labels,
+    profile = run_profile(pretrained=pretrained, methods=methods, image_shape=image_shape,
                           num_classes=num_classes, batch_sizes=batch_sizes, device=str(device), steps=args.steps,
                           source=source, find_max=args.find_max_batch, progress=not args.no_progress,
                           noise_multiplicity=multiplicity)

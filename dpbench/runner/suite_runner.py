@@ -117,6 +117,7 @@ def _load_pretrained(ctx: RunContext):
 
 # --------------------------------------------------------------------------------------------- one run
 def run_one(ctx: RunContext, planned: PlannedRun) -> dict:
+    from dpbench.engine.measure import measure_step_cost
     from dpbench.engine.trainer import DPTrainer, OptimSettings, prepare_model
     from dpbench.models.diffusion import count_parameters, make_noise_scheduler
     from dpbench.registry import METHODS
@@ -135,6 +136,9 @@ def run_one(ctx: RunContext, planned: PlannedRun) -> dict:
                              ema_decay=t.ema_decay, grad_sample_mode=t.grad_sample_mode, label_dropout=t.label_dropout,
                              mixed_precision=t.mixed_precision, warmup_steps=t.warmup_steps)
     scheduler = make_noise_scheduler(suite.model.num_train_timesteps, suite.model.beta_schedule)
+    memory = measure_step_cost(model, scheduler, settings, ctx.device, batch=plan.physical_batch_size,
+                               private=plan.private, image_shape=tuple(ctx.train[0].shape[1:]),
+                               num_classes=ctx.num_classes, noise_multiplicity=plan.noise_multiplicity)
     trainer = DPTrainer(model, scheduler, ctx.train[0], ctx.train[1], plan, settings, spec.seed, ctx.device)
 
     checkpoint = folder / "checkpoint.pt"
@@ -174,8 +178,8 @@ def run_one(ctx: RunContext, planned: PlannedRun) -> dict:
         noise_multiplier=p.noise_multiplier, sample_rate=p.sample_rate, steps=p.steps,
         expected_batch_size=p.expected_batch_size, physical_batch_size=p.physical_batch_size,
         max_grad_norm=p.max_grad_norm if p.private else None, noise_multiplicity=p.noise_multiplicity,
-        trainable_params=trainable, total_params=total, peak_memory_bytes=stats.peak_memory_bytes,
-        memory_kind=stats.memory_kind, nvml_peak_memory_bytes=stats.nvml_peak_memory_bytes,
+        trainable_params=trainable, total_params=total, peak_memory_bytes=memory["peak_memory_bytes"],
+        memory_kind=memory["memory_kind"], nvml_peak_memory_bytes=memory["nvml_peak_memory_bytes"],
         throughput_examples_per_s=stats.examples_per_second(p.expected_batch_size, t.warmup_steps),
         step_time_s=stats.step_time(t.warmup_steps), train_seconds=stats.train_seconds,
         final_loss=(sum(stats.losses[-10:]) / len(stats.losses[-10:])) if stats.losses else None,
