@@ -3,7 +3,7 @@
 For each (method, physical batch size, mode) the DP loop itself (dpbench/engine/trainer.py) runs
 logical steps of exactly one physical batch on random images of the data's shape (q = 1, so no
 Poisson variation): a warm-up step, three single-step memory peaks (median), then ``steps`` timed
-steps (dpbench/engine/measure.py). Because DP and non-private settings are measured back to back in the same
+steps, DP and non-private alternating (dpbench/engine/measure.py). Because DP and non-private settings are measured back to back in the same
 process, their *ratio* is comparable across machines (what `dpbench regress` compares). On CUDA,
 ``--find-max-batch`` also doubles the batch until it no longer fits.
 
@@ -22,10 +22,11 @@ import torch
 from dpbench.results import SCHEMA_VERSION, write_json_atomic
 
 
-def measure(pretrained, method_name: str, options: dict, image_shape: tuple, num_classes: int, batch: int,
-            private: bool, device, steps: int = 6, grad_sample_mode: str = "hooks", noise_multiplicity: int = 1) -> dict:
-    """Step time and peak memory of one setting: the DP loop's own step (dpbench/engine/measure.py)."""
-    from dpbench.engine.measure import measure_step_cost
+def measure_pair(pretrained, method_name: str, options: dict, image_shape: tuple, num_classes: int, batch: int,
+                 device, steps: int = 6, grad_sample_mode: str = "hooks", noise_multiplicity: int = 1,
+                 modes=("nonprivate", "dp")) -> dict:
+    """{mode: step time, peak memory, parameter counts} for one method and batch; steps interleaved across modes."""
+    from dpbench.engine.measure import StepProbe, time_interleaved
     from dpbench.engine.trainer import OptimSettings, prepare_model
     from dpbench.models.diffusion import count_parameters, make_noise_scheduler
     from dpbench.registry import METHODS
@@ -33,10 +34,18 @@ def measure(pretrained, method_name: str, options: dict, image_shape: tuple, num
     torch.manual_seed(0)
     model = prepare_model(pretrained, METHODS.get(method_name)(options), num_classes, device)
     trainable, total = count_parameters(model)
-    cost = measure_step_cost(model, make_noise_scheduler(), OptimSettings(ema_decay=None, grad_sample_mode=grad_sample_mode),
-                             device, batch=batch, private=private, image_shape=image_shape, num_classes=num_classes,
-                             noise_multiplicity=noise_multiplicity, timed_steps=steps, copy_model=False)
-    return {**cost, "trainable_params": trainable, "total_params": total}
+    settings = OptimSettings(ema_decay=None, grad_sample_mode=grad_sample_mode)
+    probes = [StepProbe(model, make_noise_scheduler(), settings, device, batch=batch, private=mode == "dp",
+                        image_shape=image_shape, num_classes=num_classes, noise_multiplicity=noise_multiplicity)
+              for mode in modes]
+    try:
+        memory = [probe.memory() for probe in probes]
+        timing = time_interleaved(probes, steps) if steps else [{}] * len(probes)
+    finally:
+        for probe in probes:
+            probe.close()
+    return {mode: {**m, **t, "trainable_params": trainable, "total_params": total}
+            for mode, m, t in zip(modes, memory, timing)}
 
 
 def _fits(fn) -> bool:
@@ -64,18 +73,18 @@ def run_profile(*, pretrained, methods: list[tuple[str, str, dict]], image_shape
     entries, max_batch = [], {}
     for label, name, options in methods:
         for batch in batch_sizes:
-            for mode in ("nonprivate", "dp"):  # side by side, same process, same data
-                row = measure(pretrained, name, options, image_shape, num_classes, batch, mode == "dp", device,
-                              steps=steps, noise_multiplicity=noise_multiplicity)
+            pair = measure_pair(pretrained, name, options, image_shape, num_classes, batch, device, steps=steps,
+                                noise_multiplicity=noise_multiplicity)
+            for mode, row in pair.items():  # side by side, same process, steps interleaved
                 entries.append({"method": name, "method_label": label, "mode": mode, "physical_batch_size": batch, **row})
                 if progress:
                     print(f"  {label:<10} {mode:<10} batch {batch:>5}: {row['step_time_s'] * 1000:8.1f} ms/step, "
                           f"{row['examples_per_s']:8.1f} ex/s, peak {row['peak_memory_bytes'] / 2**20:8.1f} MiB", flush=True)
         if find_max and torch.device(device).type == "cuda":
             max_batch[label] = {
-                mode: find_max_batch(lambda b: measure(pretrained, name, options, image_shape, num_classes, b,
-                                                       mode == "dp", device, steps=1,
-                                                       noise_multiplicity=noise_multiplicity))
+                mode: find_max_batch(lambda b: measure_pair(pretrained, name, options, image_shape, num_classes, b,
+                                                            device, steps=0, noise_multiplicity=noise_multiplicity,
+                                                            modes=(mode,)))
                 for mode in ("dp", "nonprivate")
             }
     out = {"schema_version": SCHEMA_VERSION, "kind": "dpbench-profile",

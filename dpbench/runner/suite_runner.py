@@ -117,7 +117,7 @@ def _load_pretrained(ctx: RunContext):
 
 # --------------------------------------------------------------------------------------------- one run
 def run_one(ctx: RunContext, planned: PlannedRun) -> dict:
-    from dpbench.engine.measure import measure_step_cost
+    from dpbench.engine.measure import measure_step_memory
     from dpbench.engine.trainer import DPTrainer, OptimSettings, prepare_model
     from dpbench.models.diffusion import count_parameters, make_noise_scheduler
     from dpbench.registry import METHODS
@@ -136,9 +136,9 @@ def run_one(ctx: RunContext, planned: PlannedRun) -> dict:
                              ema_decay=t.ema_decay, grad_sample_mode=t.grad_sample_mode, label_dropout=t.label_dropout,
                              mixed_precision=t.mixed_precision, warmup_steps=t.warmup_steps)
     scheduler = make_noise_scheduler(suite.model.num_train_timesteps, suite.model.beta_schedule)
-    memory = measure_step_cost(model, scheduler, settings, ctx.device, batch=plan.physical_batch_size,
-                               private=plan.private, image_shape=tuple(ctx.train[0].shape[1:]),
-                               num_classes=ctx.num_classes, noise_multiplicity=plan.noise_multiplicity)
+    memory = measure_step_memory(model, scheduler, settings, ctx.device, batch=plan.physical_batch_size,
+                                 private=plan.private, image_shape=tuple(ctx.train[0].shape[1:]),
+                                 num_classes=ctx.num_classes, noise_multiplicity=plan.noise_multiplicity)
     trainer = DPTrainer(model, scheduler, ctx.train[0], ctx.train[1], plan, settings, spec.seed, ctx.device)
 
     checkpoint = folder / "checkpoint.pt"
