@@ -43,10 +43,17 @@ def _write_suite(tmp_path, **changes) -> Path:
     return path
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and children inherit
+    # that; a user's terminal delivers Ctrl-C with the default disposition, so restore it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _dpbench(*args, cwd, env=None, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "dpbench", *args, "--no-progress"], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, **kw)
 
 
 def _wait_until(proc, condition, timeout: float = 300) -> None:
