@@ -23,6 +23,7 @@ import torch
 
 from dpbench.engine.trainer import DPTrainer, OptimSettings, prepare_model
 from dpbench.privacy.accounting import PrivacyPlan
+from dpbench.provenance import library_versions
 
 REL_ERR_LIMIT = 1e-6
 
@@ -147,15 +148,9 @@ def run_selfcheck(methods: list[str] | None = None, device: str = "cpu", grad_sa
         "device": device,
         "grad_sample_mode": grad_sample_mode,
         "rel_error_limit": REL_ERR_LIMIT,
-        "versions": _versions(),
+        "versions": library_versions(),
         "methods": [asdict(c) for c in checks],
     }
-
-
-def _versions() -> dict:
-    from dpbench.provenance import library_versions
-
-    return library_versions()
 
 
 def format_selfcheck(report: dict) -> str:

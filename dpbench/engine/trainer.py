@@ -27,7 +27,6 @@ Peak memory is measured apart, on the same loop at a full physical batch of rand
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 import warnings

@@ -9,11 +9,9 @@ is exactly that of the steps behind the released model and privacy is never unde
 
 from __future__ import annotations
 
-import math
-import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -22,6 +20,7 @@ import torch
 
 from dpbench.config.suite import Suite, format_epsilon
 from dpbench.errors import UserError
+from dpbench.provenance import device_description, git_sha, library_versions
 from dpbench.results import (
     BASELINE_KEYS, RESULT_KEYS, SCHEMA_VERSION, load_baselines, rebuild_csv, run_dir, write_bytes_atomic,
     write_json_atomic,
@@ -52,7 +51,6 @@ class RunContext:
     test: tuple = None
     num_classes: int = 0
     reference_features: object = None
-    log: list = field(default_factory=list)
 
     def say(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -183,7 +181,7 @@ def run_one(ctx: RunContext, planned: PlannedRun) -> dict:
         throughput_examples_per_s=stats.examples_per_second(p.expected_batch_size, t.warmup_steps),
         step_time_s=stats.step_time(t.warmup_steps), train_seconds=stats.train_seconds,
         final_loss=(sum(stats.losses[-10:]) / len(stats.losses[-10:])) if stats.losses else None,
-        device=_device_text(ctx.device), versions=_versions(), git_sha=_git_sha(),
+        device=device_description(ctx.device), versions=library_versions(), git_sha=git_sha(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), status="ok",
     )
     write_json_atomic(folder / "result.json", record)
@@ -252,11 +250,12 @@ def _ensure_baselines(ctx: RunContext) -> None:
         return
     from dpbench.evaluation.classifiers import train_and_evaluate
 
-    suite, e = ctx.suite, ctx.suite.evaluation
-    ctx.say("dpbench: baselines: pretrained model before fine-tuning, and the classifier on real private data")
     import copy
 
     from dpbench.models.diffusion import reset_class_embedding
+
+    suite, e = ctx.suite, ctx.suite.evaluation
+    ctx.say("dpbench: baselines: pretrained model before fine-tuning, and the classifier on real private data")
 
     model = copy.deepcopy(ctx.pretrained.model).to(ctx.device)
     reset_class_embedding(model, ctx.num_classes)  # what every method starts from
@@ -292,24 +291,6 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _device_text(device) -> str:
-    from dpbench.provenance import device_description
-
-    return device_description(device)
-
-
-def _versions() -> dict:
-    from dpbench.provenance import library_versions
-
-    return library_versions()
-
-
-def _git_sha():
-    from dpbench.provenance import git_sha
-
-    return git_sha()
-
-
 def format_summary(results_dir: Path) -> str:
     """Method × ε table of accuracy, FID, memory and throughput (mean over seeds)."""
     from dpbench.results import load_results
@@ -331,7 +312,7 @@ def format_summary(results_dir: Path) -> str:
         spent = [x["epsilon_spent"] for x in rs if x["epsilon_spent"] is not None]
         lines.append(
             f"{label:<12} {format_epsilon(eps):>5} {acc:>8.3f}±{std:<5.3f} {mean(rs, 'fid'):>8.2f} "
-            f"{(max(spent) if spent else math.nan):>8.3f} {mean(rs, 'peak_memory_bytes') / 2**20:>9.1f} "
+            f"{(f'{max(spent):.3f}' if spent else '—'):>8} {mean(rs, 'peak_memory_bytes') / 2**20:>9.1f} "
             f"{mean(rs, 'throughput_examples_per_s'):>8.1f} {rs[0]['trainable_params']:>10}"
         )
     if base:
