@@ -20,9 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dpbench.errors import UserError
 
-SCHEMA_VERSION = 1
-
-
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -209,7 +206,7 @@ _FIXES = {
 }
 
 
-def _validation_message(path: str, err: ValidationError, model: type[BaseModel]) -> str:
+def _validation_message(path: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = _format_loc(first["loc"])
     kind = first["type"]
@@ -227,7 +224,7 @@ def parse_suite(raw: Any, path: str = "<suite>") -> Suite:
     try:
         return Suite.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_validation_message(path, err, Suite)) from None
+        raise UserError(_validation_message(path, err)) from None
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
