@@ -4,7 +4,7 @@ Memory does not depend on the pixel values, so a :class:`StepProbe` runs the rea
 model copy, method, hooks, optimiser, K) on *random* images of the private data's shape: it costs no
 privacy and can be repeated. Memory is the median over single-step peaks after a warm-up step (on
 CPU, precise RSS accounting makes allocation slow, so timed steps run without it; see
-dpbench/engine/memory.py). Measured this way the same step repeats to within ~1% on CPU, where peaks
+dpbench/engine/memory.py). Measured this way the same step repeats to within ~1% in one process on CPU (up to 15% across fresh processes), where peaks
 taken during real training varied by ±30% with the Poisson batch sizes of the first steps.
 
 To compare DP with non-private steps, time them *interleaved* (:func:`time_interleaved`): on a
