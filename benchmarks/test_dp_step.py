@@ -21,9 +21,8 @@ import torch
 from dpbench.engine.measure import StepProbe
 from dpbench.engine.trainer import OptimSettings, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
-from dpbench.registry import METHODS, load_builtin_entries
+from dpbench.registry import METHODS
 
-load_builtin_entries()
 BATCH = 32
 
 

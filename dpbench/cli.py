@@ -1,104 +1,156 @@
-"""The `dpbench` command line: run | ls | validate | pretrain | selfcheck | report | profile | regress."""
+"""The `dpbench` command line.
+
+Exit codes: 0 ok; 1 a check failed (regress found a regression, selfcheck or audit a failure, a grid
+finished with failed cells); 2 bad input (one line per problem, naming the field and the fix, no
+traceback); 3 internal error (a bug: the traceback is printed); 130 interrupted (finished runs are kept).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
-from dpbench.errors import UserError
+from dpbench.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, UserError
 
 LISTABLE = ("methods", "datasets", "presets", "suites", "executors", "backbones", "classifiers")
+log = logging.getLogger("dpbench")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="data folder (overrides the suite's data.root and $DPBENCH_DATA)")
     p.add_argument("--cache-dir", help="pretrained-model cache (default $DPBENCH_CACHE or ~/.cache/dpbench)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the suite's device")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides the suite's device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they are only drawn on a terminal)")
+
+
+SUITE_HELP = "a suite YAML file, or the name of a built-in suite (`dpbench ls suites`)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpbench", description=__doc__)
+    import dpbench
+
+    parser = argparse.ArgumentParser(prog="dpbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dpbench {dpbench.__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a suite: pretrain, DP fine-tune every method, sample, evaluate, report")
-    p.add_argument("suite")
+    p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="restrict the grid (method=, label=, epsilon=, seed=); repeatable")
     p.add_argument("--results-dir", default="results", help="results root (default results/); runs go to DIR/<suite>/")
+    p.add_argument("--reports-dir", help="write the report to DIR/<suite>/ (default: <results dir>/<suite>/report/)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML/markdown report at the end")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="re-run finished runs whose settings changed since (default: refuse, exit 2)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the runs (σ, q, T per cell) and estimated time and peak memory per run; run nothing")
     _add_common(p)
 
     p = sub.add_parser("ls", help="list registered methods, datasets, presets, suites, ...")
-    p.add_argument("what", nargs="?", default="methods", choices=LISTABLE)
+    p.add_argument("what", nargs="?", default="methods", choices=LISTABLE, help="what to list (default: methods)")
 
-    p = sub.add_parser("validate", help="check a suite and print its runs (one line each)")
-    p.add_argument("suite")
+    p = sub.add_parser("validate", help="check a suite (every problem at once) and print its runs")
+    p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--json", action="store_true", help="print the runs as a JSON list (with σ, q, T, C, K)")
-    p.add_argument("--data-root")
+    p.add_argument("--data-root", help="data folder, to count the private examples exactly")
 
     p = sub.add_parser("pretrain", help="pretrain the suite's preset on its public data (cached)")
-    p.add_argument("suite")
+    p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--force", action="store_true", help="retrain even if the cache has it")
     _add_common(p)
 
-    p = sub.add_parser("selfcheck", help="verify per-sample gradients, clipping and noise for every method")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p = sub.add_parser("selfcheck", help="verify per-sample gradients, clipping, divisor and noise for every method")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--out", help="also write the report (a SelfcheckReport JSON file) here")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--method", action="append", help="check only these methods (repeatable)")
-    p.add_argument("--grad-sample-mode", default="hooks", choices=["hooks", "functorch"])
+    p.add_argument("--grad-sample-mode", default="hooks", help="the per-example gradient engine to check")
+    p.add_argument("--inject", metavar="FAULT", help="check a deliberately broken loop (must FAIL): "
+                   "low-noise, no-clip, realised-divisor, repeated-noise")
 
-    p = sub.add_parser("report", help="build reports/<suite>/index.html and report.md from result files")
-    p.add_argument("results_dir")
-    p.add_argument("--out", help="output folder (default reports/<suite>/)")
+    p = sub.add_parser("report", help="build the HTML + markdown report of a suite's results")
+    p.add_argument("results_dir", help="a suite's results directory (results/<suite>/)")
+    p.add_argument("--out", help="output folder (default <results_dir>/report/)")
 
-    p = sub.add_parser("profile", help="DP vs non-private step time and peak memory per method and batch size")
-    p.add_argument("suite", nargs="?", help="a suite (its model and private data); default: --preset on random data")
-    p.add_argument("--preset", default="small")
-    p.add_argument("--image-size", type=int, default=28)
+    p = sub.add_parser("profile", help="DP vs non-private step time and memory per method, batch size and preset")
+    p.add_argument("suite", nargs="?", help=SUITE_HELP + "; default: --preset on random data")
+    p.add_argument("--preset", default="small", help="comma-separated presets (scaling study: tiny,small,ldm-base,ddpm32)")
+    p.add_argument("--image-size", default="28", help="comma-separated image sizes")
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--methods", default=None, help="comma-separated (default: all registered)")
     p.add_argument("--batch-sizes", default="8,32", help="comma-separated physical batch sizes")
     p.add_argument("--steps", type=int, default=6, help="timed steps per setting (after 2 warm-up steps)")
-    p.add_argument("--out", default=None, help="profile JSON path (default results/profile-<source>.json)")
-    p.add_argument("--find-max-batch", action="store_true", help="on GPU: also search the largest batch that fits")
+    p.add_argument("--grad-sample-mode", help="override the per-example gradient engine")
+    p.add_argument("--results-dir", default="results", help="where the default output file goes")
+    p.add_argument("--out", default=None, help="profile JSON path (default results/profile-<presets>.json)")
+    p.add_argument("--find-max-batch", action="store_true", help="CUDA only: also search the largest batch that fits")
     _add_common(p)
 
     p = sub.add_parser("regress", help="compare memory/throughput with a baseline; exit 1 on regression")
     p.add_argument("current", help="profile JSON, suite results dir, or a folder of those")
-    p.add_argument("--baseline", required=True)
-    p.add_argument("--tolerance", type=float, default=0.15)
+    p.add_argument("--baseline", required=True, help="the same kind of input to compare against")
+    p.add_argument("--tolerance", type=float, default=0.15, help="relative change allowed (default 0.15)")
     return parser
+
+
+def _configure_logging(quiet: bool) -> None:
+    if not any(getattr(h, "_dpbench", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._dpbench = True
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet)
+    args.progress = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     try:
-        return COMMANDS[args.command](args) or 0
+        return COMMANDS[args.command](args) or EXIT_OK
     except UserError as err:
-        print(f"dpbench: error: {err}", file=sys.stderr)
+        for problem in err.problems:
+            print(f"dpbench: error: {problem}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("dpbench: interrupted — finished runs are kept; run the same command again to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception:  # a bug: keep the traceback, and say so
+        import traceback
+
+        traceback.print_exc()
+        print("dpbench: internal error (a bug in dpbench, not in your input) — please report it with the traceback "
+              "above", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def _in_file(path: str, fn, *args, **kwargs):
+    """Errors found while resolving a loaded suite name the suite file too (schema errors already do)."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError as err:
+        raise UserError([p if p.startswith(str(path)) else f"{path}: {p}" for p in err.problems]) from None
 
 
 def cmd_ls(args) -> int:
-    from pathlib import Path
-
     from dpbench import registry
 
-    registry.load_builtin_entries()
     if args.what == "suites":
-        for path in sorted(Path("suites").glob("*.yaml")):
-            import yaml
+        import yaml
 
+        from dpbench.config.suite import builtin_suites
+
+        for name, path in sorted(builtin_suites().items()):
             try:
                 desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
             except yaml.YAMLError:
                 desc = "(invalid YAML)"
-            print(f"{str(path):<28} {' '.join(str(desc).split())[:100]}")
+            print(f"{name:<16} {' '.join(str(desc).split())[:110]}")
         return 0
     reg = {"methods": registry.METHODS, "datasets": registry.DATASETS, "presets": registry.PRESETS,
            "executors": registry.EXECUTORS, "backbones": registry.FID_BACKBONES,
@@ -108,57 +160,79 @@ def cmd_ls(args) -> int:
     return 0
 
 
-def _suite_errors(path: str, fn, *args, **kwargs):
-    """Errors found while resolving a loaded suite name the suite file too (schema errors already do)."""
-    try:
-        return fn(*args, **kwargs)
-    except UserError as err:
-        if str(err).startswith(str(path)):
-            raise
-        raise UserError(f"{path}: {err}") from None
-
-
 def cmd_validate(args) -> int:
-    from dpbench.config.suite import load_suite
+    from dpbench.config.suite import load_suite, resolve_suite_path
     from dpbench.runner.plan import plan_runs
+    from dpbench.runner.requirements import missing_requirements
 
-    suite = load_suite(args.suite)
-    runs = _suite_errors(args.suite, plan_runs, suite, args.data_root)
+    path = resolve_suite_path(args.suite)
+    suite = load_suite(path)
+    runs = _in_file(path, plan_runs, suite, args.data_root)
+    for problem in missing_requirements(suite):
+        print(f"dpbench: warning: {path}: this machine cannot run it yet: {problem}", file=sys.stderr)
     if args.json:
         print(json.dumps([r.as_row() for r in runs], indent=2))
         return 0
     for r in runs:
         row = r.as_row()
         sigma = f"σ={row['noise_multiplier']:.4g}" if row["epsilon"] != "inf" else "non-private"
-        print(f"{row['run_id']:<28} {row['dataset']:<14} {row['method']:<10} ε={row['epsilon']!s:<5} seed={row['seed']}  "
-              f"({sigma}, q={row['sample_rate']:.4g}, T={row['steps']}, K={row['noise_multiplicity']})")
-    print(f"{args.suite}: valid, {len(runs)} runs", file=sys.stderr)
+        print(f"{row['run_id']:<28} {row['dataset']:<14} {row['method']:<10} ε={row['epsilon']:<5} seed={row['seed']}  "
+              f"({sigma}, q={row['sample_rate']:.4g}, T={row['steps']}, clip={row['clipping']}, "
+              f"K={row['noise_multiplicity']})")
+    print(f"{path}: valid, {len(runs)} runs", file=sys.stderr)
     return 0
 
 
 def cmd_run(args) -> int:
-    from dpbench.config.suite import load_suite
+    from pathlib import Path
+
+    from dpbench.config.suite import load_suite, resolve_suite_path
+    from dpbench.runner.context import RunnerSettings
     from dpbench.runner.plan import check_names
+    from dpbench.runner.requirements import missing_requirements
+
+    path = resolve_suite_path(args.suite)
+    suite = load_suite(path)
+    _in_file(path, check_names, suite)
+    problems = missing_requirements(suite, args.device)
+    if problems:
+        raise UserError([f"{path}: {p}" for p in problems])
+    settings = RunnerSettings(suite_path=str(path), results_root=args.results_dir, data_root=args.data_root,
+                              cache_dir=args.cache_dir, device=args.device, progress=args.progress)
+    if args.dry_run:
+        from dpbench.runner.dry_run import dry_run
+
+        print(_in_file(path, dry_run, settings, args.only))
+        return 0
+    from dpbench.reporting.summary import format_summary
     from dpbench.runner.suite_runner import run_suite
 
-    suite = load_suite(args.suite)
-    _suite_errors(args.suite, check_names, suite)
-    run_suite(suite, args.suite, results_root=args.results_dir, only=args.only, data_root=args.data_root,
-              cache_dir=args.cache_dir, device=args.device, progress=not args.no_progress, report=not args.no_report)
+    outcome = _in_file(path, run_suite, settings, args.only, rerun_changed=args.rerun_changed)
+    print(format_summary(outcome.results_dir), flush=True)
+    if not args.no_report:
+        from dpbench.reporting.report import build_report
+
+        out = Path(args.reports_dir) / suite.name if args.reports_dir else outcome.results_dir / "report"
+        print(f"report: {build_report(outcome.results_dir, out)}", flush=True)
+    if outcome.failed:
+        for r in outcome.failed:
+            print(f"dpbench: failed: {r.run_id} ({r.phase}): {r.error}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     return 0
 
 
 def cmd_pretrain(args) -> int:
-    from dpbench.config.suite import load_suite
+    from dpbench.config.suite import load_suite, resolve_suite_path
     from dpbench.models.pretrain import load_pretrained
+    from dpbench.runner.devices import resolve_device
     from dpbench.runner.plan import check_names
-    from dpbench.runner.suite_runner import resolve_device
 
-    suite = load_suite(args.suite)
-    _suite_errors(args.suite, check_names, suite)
+    path = resolve_suite_path(args.suite)
+    suite = load_suite(path)
+    _in_file(path, check_names, suite)
     device = resolve_device(args.device or suite.device)
     out = load_pretrained(suite, data_root=args.data_root, cache_dir=args.cache_dir, device=str(device),
-                          progress=not args.no_progress, force=args.force)
+                          progress=args.progress, force=args.force)
     what = "cache hit" if out.cache_hit else f"trained in {out.seconds:.1f}s"
     print(f"{out.source} ({what}): {out.path}")
     return 0
@@ -166,27 +240,42 @@ def cmd_pretrain(args) -> int:
 
 def cmd_selfcheck(args) -> int:
     from dpbench.engine.selfcheck import format_selfcheck, run_selfcheck
-    from dpbench.registry import load_builtin_entries
-    from dpbench.runner.suite_runner import resolve_device
+    from dpbench.results import to_json_bytes, write_model
+    from dpbench.runner.devices import resolve_device
 
-    load_builtin_entries()
     device = str(resolve_device(args.device))
-    report = run_selfcheck(args.method, device=device, grad_sample_mode=args.grad_sample_mode)
-    print(json.dumps(report, indent=2) if args.json else format_selfcheck(report))
-    return 0 if report["passed"] else 1
+    if args.inject:
+        from dpbench.engine.faults import trainer_class
+
+        trainer_class(args.inject)  # an unknown fault is a one-line error before any work
+    report = run_selfcheck(args.method, device=device, grad_sample_mode=args.grad_sample_mode, fault=args.inject)
+    if args.out:
+        write_model(args.out, report)
+    print(to_json_bytes(report).decode() if args.json else format_selfcheck(report))
+    return EXIT_OK if report.passed else EXIT_CHECK_FAILED
 
 
 def cmd_report(args) -> int:
-    from dpbench.reporting.report import build_report
+    from pathlib import Path
 
-    print(build_report(args.results_dir, args.out))
+    from dpbench.reporting.report import build_report
+    from dpbench.reporting.summary import format_summary
+
+    out = Path(args.out) if args.out else Path(args.results_dir) / "report"
+    index = build_report(args.results_dir, out)
+    print(format_summary(args.results_dir))
+    print(f"report: {index}")
     return 0
 
 
 def cmd_profile(args) -> int:
-    from dpbench.reporting.profile import profile_command
+    from dpbench.reporting.profiles import format_profile
+    from dpbench.results import Profile, read_model
+    from dpbench.runner.profile import profile_command
 
-    print(profile_command(args))
+    out = profile_command(args)
+    print(format_profile(read_model(out, Profile)))
+    print(f"profile written to {out}")
     return 0
 
 
@@ -196,7 +285,7 @@ def cmd_regress(args) -> int:
     rows, ok = regress(args.current, args.baseline, tolerance=args.tolerance)
     print(format_regress_table(rows))
     print("no regression" if ok else "REGRESSION: at least one metric is worse than the tolerance allows")
-    return 0 if ok else 1
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "pretrain": cmd_pretrain,

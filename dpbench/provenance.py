@@ -1,10 +1,11 @@
-"""Provenance recorded with every result: library versions, git commit, device."""
+"""Provenance recorded with every result file: library versions, git commit, device, time."""
 
 from __future__ import annotations
 
 import functools
 import platform
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -48,3 +49,13 @@ def device_description(device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(device) -> dict:
+    """The Provenance fields of a result file written now on ``device``."""
+    return {"device": device_description(device), "versions": library_versions(), "git_sha": git_sha(),
+            "created_at": now()}

@@ -1,4 +1,4 @@
-"""One generic, typed, lazy registry for methods, datasets, model presets, metrics and executors.
+"""One generic, typed, lazy registry for methods, datasets, model presets, executors, FID backbones, classifiers.
 
 Entries are registered by *name* with a dotted import target (``"dpbench.methods.loda:LoDA"``), so
 listing what exists (``dpbench ls``) never imports torch, diffusers or peft; the target is imported the
@@ -25,12 +25,22 @@ class Entry:
 
 
 class Registry(Generic[T]):
-    """A name -> lazily imported object mapping for one kind of thing (``kind`` names it in errors)."""
+    """A name -> lazily imported object mapping for one kind of thing (``kind`` names it in errors).
 
-    def __init__(self, kind: str):
+    ``declared_in`` is the light package whose import registers the built-in entries; it is imported
+    on the first lookup, so no caller has to remember to load it."""
+
+    def __init__(self, kind: str, declared_in: str | None = None):
         self.kind = kind
+        self.declared_in = declared_in
         self._entries: dict[str, Entry] = {}
         self._loaded: dict[str, T] = {}
+        self._declared = declared_in is None
+
+    def _declare(self) -> None:
+        if not self._declared:
+            self._declared = True  # set first: the declaring module registers into this registry
+            importlib.import_module(self.declared_in)
 
     def register(self, name: str, target: str, description: str) -> None:
         if name in self._entries and self._entries[name].target != target:
@@ -43,24 +53,28 @@ class Registry(Generic[T]):
         self._loaded[name] = obj
 
     def names(self) -> list[str]:
+        self._declare()
         return sorted(self._entries)
 
     def entries(self) -> Iterator[Entry]:
         return (self._entries[n] for n in self.names())
 
     def __contains__(self, name: object) -> bool:
+        self._declare()
         return name in self._entries
 
     def suggestion(self, name: str) -> str:
         close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.6)
         return f" — did you mean {close[0]!r}?" if close else f" (known: {', '.join(self.names())})"
 
-    def check(self, name: str) -> None:
-        if name not in self._entries:
-            raise UserError(f"unknown {self.kind} {name!r}{self.suggestion(name)}")
+    def check(self, name: str, field: str | None = None) -> None:
+        """A UserError naming ``field`` (the suite field or option that gave the name) if unknown."""
+        if name not in self:
+            where = f"{field}: " if field else ""
+            raise UserError(f"{where}unknown {self.kind} {name!r}{self.suggestion(name)}")
 
-    def get(self, name: str) -> T:
-        self.check(name)
+    def get(self, name: str, field: str | None = None) -> T:
+        self.check(name, field)
         if name not in self._loaded:
             module_name, _, attr = self._entries[name].target.partition(":")
             obj = importlib.import_module(module_name)
@@ -72,16 +86,9 @@ class Registry(Generic[T]):
 
 # The registries. Their entries are declared in one place each (the package's __init__), so that
 # `dpbench ls` can list them without importing the heavy modules behind them.
-METHODS: Registry[Callable] = Registry("method")
-DATASETS: Registry[Callable] = Registry("dataset")
-PRESETS: Registry[Callable] = Registry("model preset")
-METRICS: Registry[Callable] = Registry("metric")
-EXECUTORS: Registry[Callable] = Registry("executor")
-FID_BACKBONES: Registry[Callable] = Registry("FID backbone")
-CLASSIFIERS: Registry[Callable] = Registry("classifier")
-
-
-def load_builtin_entries() -> None:
-    """Import the light modules that declare the built-in entries (idempotent, no heavy imports)."""
-    for module in ("dpbench.methods", "dpbench.data", "dpbench.models", "dpbench.evaluation", "dpbench.runner"):
-        importlib.import_module(module)
+METHODS: Registry[Callable] = Registry("method", "dpbench.methods")
+DATASETS: Registry[Callable] = Registry("dataset", "dpbench.data")
+PRESETS: Registry[Callable] = Registry("model preset", "dpbench.models")
+EXECUTORS: Registry[Callable] = Registry("executor", "dpbench.runner")
+FID_BACKBONES: Registry[Callable] = Registry("FID backbone", "dpbench.evaluation")
+CLASSIFIERS: Registry[Callable] = Registry("classifier", "dpbench.evaluation")

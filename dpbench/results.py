@@ -1,17 +1,23 @@
-"""Result files: the one schema every run writes and every report reads (documented in docs/results.md).
+"""The result contract: every producer (run, profile, selfcheck, audit) writes these types, every reader
+(report, regress) reads only them. Documented field by field here and in docs/results.md.
 
-Layout under a results directory::
+Layout under a suite's results directory::
 
-    results/<suite>/
-        suite.yaml                  the suite as it was run (provenance)
-        baselines.json              per-suite baselines: pretrained-model FID, real-data classifier ceiling
-        runs/<run_id>/result.json   one file per run (schema below), written atomically when the run ends
-        runs/<run_id>/samples.png   sample grid (rows = classes)
-        runs/<run_id>/checkpoint/   training state while a run is in progress (resume)
+    <results>/<suite>/
+        suite.yaml                  the suite as last run (provenance)
+        baselines.json              Baselines: pretrained model before fine-tuning, real-data ceiling
+        runs/<run_id>/result.json   RunResult, written atomically and last: its presence means "finished"
+        runs/<run_id>/samples.png   sample grid (rows = classes, last row real data when recorded)
+        runs/<run_id>/trainable.safetensors   the fine-tuned (EMA) trainable weights
+        runs/<run_id>/run.log       the run's log (never a statistic of private data outside the mechanism)
+        runs/<run_id>/checkpoint.pt while a run is in progress only (resume state; private, like the weights)
+        runs/<run_id>/audit.json    AuditResult, from `dpbench audit`
+        profile*.json               Profile, from `dpbench profile`
         results.csv                 one row per run, rebuilt from the result.json files
 
-Writes go to a temporary file in the same folder followed by ``os.replace``, so a killed process never
-leaves a half-written file behind.
+ε travels as a float everywhere in Python (``math.inf`` = the non-private reference) and as the
+string ``"inf"`` in JSON: :data:`Epsilon` is the one codec. Writes are atomic (temporary file in the
+same folder + ``os.replace``), honour the umask, and never leave their results directory.
 """
 
 from __future__ import annotations
@@ -19,42 +25,332 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Annotated, Any, Literal, Optional, TypeVar
 
-SCHEMA_VERSION = 1
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError,
+                      WithJsonSchema)
 
-# Every result.json has every one of these keys (null where a value does not apply, e.g. epsilon_spent
-# for the non-private reference is null and epsilon is "inf").
-RESULT_KEYS = (
-    "schema_version", "run_id", "suite", "method", "method_label", "dataset", "dataset_label",
-    "public_dataset", "seed", "epsilon", "delta", "epsilon_spent", "accountant", "noise_multiplier",
-    "sample_rate", "steps", "expected_batch_size", "physical_batch_size", "max_grad_norm",
-    "noise_multiplicity", "trainable_params", "total_params", "downstream_accuracy",
-    "downstream_accuracy_std", "downstream_accuracies", "classifier", "fid", "fid_backbone",
-    "fid_num_samples", "fid_reference", "precision", "recall", "peak_memory_bytes", "memory_kind",
-    "nvml_peak_memory_bytes", "throughput_examples_per_s", "step_time_s", "train_seconds",
-    "sample_seconds", "eval_seconds", "final_loss", "samples_grid", "device", "versions", "git_sha",
-    "created_at", "status",
-)
+from dpbench.errors import UserError
 
-BASELINE_KEYS = (
-    "schema_version", "suite", "dataset", "dataset_label", "fid_backbone", "fid_num_samples",
-    "fid_reference", "pretrained_fid", "pretrained_precision", "pretrained_recall", "pretrained_accuracy",
-    "real_data_accuracy", "real_data_accuracy_std", "classifier",
-)
+SCHEMA_VERSION = 2
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # anything that becomes a path component
+_NAME_RE = re.compile(NAME_PATTERN)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n").encode())
+# ------------------------------------------------------------------------------------------ ε codec
+def parse_epsilon(value: Any) -> float:
+    """ε from a suite, a result file or the command line: a positive number, or inf / "inf" / "∞"."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in {"inf", ".inf", "infinity", "∞"}:
+            return math.inf
+        value = text
+    try:
+        eps = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"ε must be a number or inf (got {value!r})") from None
+    if math.isnan(eps):
+        raise ValueError("ε must be a number or inf (got nan)")
+    return eps
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def format_epsilon(eps: float) -> str:
+    """The shortest text that reads back as the same float ("10", "0.5", "inf"): distinct ε never collide."""
+    eps = float(eps)
+    if math.isinf(eps):
+        return "inf"
+    text = repr(eps)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def display_epsilon(eps: float) -> str:
+    """ε for people: "∞" for the non-private reference, else the shortest exact text."""
+    return "∞" if math.isinf(eps) else format_epsilon(eps)
+
+
+Epsilon = Annotated[
+    float,
+    BeforeValidator(parse_epsilon),
+    PlainSerializer(lambda e: "inf" if math.isinf(e) else e, return_type=Any),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"const": "inf"}]}),
+]
+
+
+def check_name(value: str, field: str) -> str:
+    """Names that become path components (suite name, method label, run id) cannot climb out of a folder."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise UserError(f"{field}: {value!r} is not a valid name — use letters, digits, '.', '_' and '-', "
+                        "starting with a letter or digit")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ models
+class Record(BaseModel):
+    """Strict on what it knows, tolerant of fields written by newer versions (kept, not interpreted)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class Provenance(Record):
+    device: Optional[str] = Field(None, description="device description, e.g. 'cuda:NVIDIA H200' or 'cpu:x86_64 x2 threads'")
+    versions: dict[str, Optional[str]] = Field(default_factory=dict, description="python, dpbench, torch, opacus, ...")
+    git_sha: Optional[str] = Field(None, description="commit of the dpbench checkout, '-dirty' if modified")
+    created_at: Optional[str] = Field(None, description="UTC ISO-8601 time the file was written")
+
+
+class ClippingInfo(Record):
+    mode: Literal["fixed", "auto", "quantile", "none"] = Field(description="per-example clipping rule; none = ε=∞")
+    max_grad_norm: Optional[float] = Field(None, description="C (fixed); the initial C (quantile); null for auto/none")
+    final_max_grad_norm: Optional[float] = Field(None, description="quantile: the privately adapted C at the end")
+    target_quantile: Optional[float] = Field(None, description="quantile: the target fraction of unclipped examples")
+    gradient_noise_multiplier: Optional[float] = Field(
+        None, description="σ applied to the clipped gradient sum (quantile: recalibrated so the total is still ε)")
+    count_noise_multiplier: Optional[float] = Field(None, description="quantile: noise of the clipped-count query")
+
+
+class ClippingDiagnostics(Record):
+    """How much clipping acted, from privatised quantities only (never raw private statistics)."""
+
+    source: Literal["private_count_query", "public_data", "none"] = Field(
+        description="private_count_query: the quantile mechanism's noisy counts (their cost is in the budget); "
+                    "public_data: measured on public images before training")
+    unclipped_fraction: Optional[float] = Field(None, description="fraction of examples with ‖g‖ ≤ C")
+    median_gradient_norm: Optional[float] = Field(None, description="public_data: median per-example ‖g‖ at the start")
+    signal_to_noise: Optional[float] = Field(
+        None, description="estimated ‖mean clipped gradient‖ / ‖noise on the averaged step‖ (σ·C/B·√P)")
+    warning: Optional[str] = Field(None, description="set when clipping barely acts or noise drowns the signal")
+
+
+class RunResult(Provenance):
+    """One finished (or failed) cell of a suite: a method at one ε and seed (``runs/<run_id>/result.json``)."""
+
+    schema_version: int = Field(SCHEMA_VERSION, description="2; version-1 files are converted on load")
+    status: Literal["ok", "failed"] = Field("ok", description="failed: see error and phase; metrics may be null")
+    error: Optional[str] = Field(None, description="failed runs: the error, one line")
+    phase: Optional[str] = Field(None, description="failed runs: train, sample or evaluate")
+    # identity
+    run_id: str = Field(description="<method label>-eps<ε>-seed<seed>")
+    suite: str
+    method: str = Field(description="registered method name")
+    method_label: str = Field(description="the suite's label for this method entry (defaults to the name)")
+    method_options: dict[str, Any] = Field(default_factory=dict, description="the method's options as run")
+    method_index: Optional[int] = Field(None, description="position of the method in the suite; reports order by it")
+    seed: int = Field(description="fine-tuning seed (Poisson sampling, diffusion draws, sampling); never the DP noise")
+    config_hash: Optional[str] = Field(None, description="hash of everything that determines the run (skip/resume key)")
+    dataset: str = Field(description="private dataset name")
+    dataset_label: str = Field(description="how reports label it, e.g. MNIST-10k")
+    public_dataset: Optional[str] = None
+    # privacy
+    epsilon: Epsilon = Field(description="target ε; inf (\"inf\" in JSON) = the non-private reference")
+    delta: float
+    epsilon_spent: Optional[float] = Field(None, description="ε recomputed from the accountant's history (≤ ε); null if ε=∞")
+    accountant: Optional[str] = Field(None, description="prv or rdp; null if ε=∞")
+    noise_multiplier: float = Field(description="σ of the cell's budget, shared by every method (0 if ε=∞)")
+    noise_source: Literal["os_entropy", "seeded", "none"] = Field(
+        "none", description="os_entropy: DP noise seeded from os.urandom, never written; seeded: reproducible "
+                            "from the seed — NOT a DP release; none: ε=∞")
+    sample_rate: float = Field(description="Poisson sampling rate q = B / N")
+    steps: int = Field(description="logical steps T")
+    expected_batch_size: int
+    physical_batch_size: int
+    noise_multiplicity: int = Field(description="K noised copies averaged inside each example's loss")
+    clipping: ClippingInfo
+    clipping_diagnostics: Optional[ClippingDiagnostics] = None
+    lr: Optional[float] = Field(None, description="learning rate of the method's parameters")
+    class_embedding_lr: Optional[float] = None
+    # utility (samples → classifier on the real test split; FID against real images)
+    downstream_accuracy: Optional[float] = Field(None, description="mean over classifier seeds")
+    downstream_accuracy_std: Optional[float] = Field(None, description="std over classifier seeds (not over fine-tuning seeds)")
+    downstream_accuracies: list[float] = Field(default_factory=list, description="one per classifier seed")
+    per_class_accuracy: list[float] = Field(default_factory=list, description="test accuracy per class, mean over classifier seeds")
+    classifier: Optional[str] = None
+    fid: Optional[float] = None
+    fid_backbone: Optional[str] = None
+    fid_num_samples: Optional[int] = None
+    fid_reference: Optional[str] = Field(None, description="<dataset>:<split>[:n]")
+    precision: Optional[float] = None
+    recall: Optional[float] = None
+    # cost
+    trainable_params: int
+    total_params: int
+    peak_memory_bytes: Optional[int] = Field(
+        None, description="peak of one DP step at a full physical batch above what was allocated before it")
+    total_peak_memory_bytes: Optional[int] = Field(
+        None, description="peak of training in total: weights + optimizer + EMA + activations + per-sample state")
+    memory_kind: Optional[str] = Field(None, description="cuda_max_allocated or cpu_rss")
+    memory_breakdown: dict[str, int] = Field(
+        default_factory=dict, description="analytic bytes: parameters, trainable, optimizer_state, ema, per_sample_gradients")
+    nvml_peak_memory_bytes: Optional[int] = None
+    throughput_examples_per_s: Optional[float] = Field(None, description="expected batch / median step time")
+    step_time_s: Optional[float] = Field(None, description="median logical-step time after warm-up")
+    train_seconds: Optional[float] = None
+    sample_seconds: Optional[float] = None
+    eval_seconds: Optional[float] = None
+    final_loss: Optional[float] = Field(
+        None, description="ε=∞ runs only: mean training loss of the last steps (never written for private runs)")
+    samples_grid: Optional[str] = Field(None, description="sample grid, relative to the run folder")
+
+
+class Baselines(Provenance):
+    """Suite-level references (``baselines.json``). Non-private: computed on the private data without the
+    mechanism, like the ε=∞ runs, they are references for the benchmark, not a DP release."""
+
+    schema_version: int = SCHEMA_VERSION
+    suite: str
+    dataset: str
+    dataset_label: str
+    fid_backbone: str
+    fid_num_samples: int
+    fid_reference: str
+    classifier: str
+    config_hash: Optional[str] = Field(None, description="hash of the settings the baselines depend on")
+    pretrained_fid: Optional[float] = Field(None, description="the pretrained model (fresh class embedding) before fine-tuning")
+    pretrained_precision: Optional[float] = None
+    pretrained_recall: Optional[float] = None
+    pretrained_accuracy: Optional[float] = None
+    pretrained_accuracies: list[float] = Field(default_factory=list)
+    real_data_accuracy: Optional[float] = Field(None, description="classifier trained on the real private training set")
+    real_data_accuracy_std: Optional[float] = None
+    samples_grid: Optional[str] = None
+
+
+class ProfileEntry(Record):
+    method: str
+    method_label: str
+    mode: Literal["dp", "nonprivate"]
+    physical_batch_size: int = Field(gt=0)
+    preset: Optional[str] = None
+    image_size: Optional[int] = None
+    grad_sample_mode: Optional[str] = None
+    step_time_s: Optional[float] = None
+    examples_per_s: Optional[float] = None
+    peak_memory_bytes: Optional[int] = Field(None, description="peak of one step above what was allocated before")
+    total_peak_memory_bytes: Optional[int] = Field(None, description="weights + optimizer + EMA + the step's peak")
+    memory_kind: Optional[str] = None
+    memory_breakdown: dict[str, int] = Field(default_factory=dict)
+    trainable_params: Optional[int] = None
+    total_params: Optional[int] = None
+    error: Optional[str] = Field(None, description="why this setting could not be measured (e.g. out of memory)")
+
+
+class Profile(Provenance):
+    """``dpbench profile``: DP and non-private steps measured side by side (``profile*.json``)."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["dpbench-profile"] = "dpbench-profile"
+    source: str = Field(description="suite:<name> or preset:<name>")
+    image_size: Optional[int] = None
+    noise_multiplicity: int = 1
+    grad_sample_mode: Optional[str] = None
+    entries: list[ProfileEntry] = Field(default_factory=list)
+    max_batch_size: dict[str, dict[str, Optional[int]]] = Field(default_factory=dict, description="GPU only")
+
+
+class AuditResult(Provenance):
+    """``dpbench audit``: an empirical lower bound on ε from one training run (``runs/<run_id>/audit.json``)."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["dpbench-audit"] = "dpbench-audit"
+    run_id: str
+    suite: str
+    method: str
+    method_label: str
+    epsilon: Epsilon
+    delta: float
+    fault: Optional[str] = Field(None, description="injected fault (negative control), or null")
+    canaries: int
+    threat_models: list[dict[str, Any]] = Field(
+        default_factory=list, description="per threat model: name, eps_low, guesses, correct, k_plus, k_minus")
+    epsilon_lower_bound: float = Field(description="the largest ε_low over threat models (each at its confidence)")
+    confidence: float
+    replay: Optional[dict[str, Any]] = Field(None, description="record/replay sensitivity check")
+    passed: bool = Field(description="ε_low ≤ ε and the replay check held")
+    seconds: float
+
+
+class SelfcheckMethod(Record):
+    method: str
+    trainable_params: int = 0
+    max_rel_error: float = Field(math.nan, description="per-example gradients vs an explicit loop (float64)")
+    trainable_changed: bool = False
+    frozen_unchanged: bool = False
+    clip_ok: bool = False
+    max_clipped_norm_ratio: float = math.nan
+    mixed_precision_max_ratio: float = Field(math.nan, description="max ‖w_i g_i‖ / C under bf16 autocast")
+    divisor_rel_error: float = Field(math.nan, description="noise-free step vs Σ clip(g_i) / B_expected")
+    noise_std_ratio: float = math.nan
+    noise_ok: bool = False
+    noise_unpredictable: bool = False
+    error: Optional[str] = None
+    details: list[str] = Field(default_factory=list, description="parameters with wrong per-example gradients")
+    passed: bool = False
+
+    def finalize(self, limit: float) -> "SelfcheckMethod":
+        self.passed = bool(self.error is None and self.max_rel_error <= limit and self.trainable_changed
+                           and self.frozen_unchanged and self.clip_ok and self.mixed_precision_max_ratio <= 1 + 1e-6
+                           and self.divisor_rel_error <= limit and self.noise_ok and self.noise_unpredictable)
+        return self
+
+
+class SelfcheckReport(Provenance):
+    """``dpbench selfcheck``: the DP engine's arithmetic verified on this machine."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["dpbench-selfcheck"] = "dpbench-selfcheck"
+    passed: bool
+    grad_sample_mode: str
+    fault: Optional[str] = None
+    rel_error_limit: float
+    methods: list[SelfcheckMethod]
+
+
+# ------------------------------------------------------------------------------------------ I/O
+M = TypeVar("M", bound=BaseModel)
+
+
+def to_json_bytes(model: BaseModel) -> bytes:
+    data = model.model_dump(mode="json")
+    return (json.dumps(_finite(data), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/inf: NaN becomes null (ε's inf is already "inf")."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_model(path: str | os.PathLike, model: BaseModel, *, inside: str | os.PathLike | None = None) -> Path:
+    return write_bytes_atomic(path, to_json_bytes(model), inside=inside)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, inside: str | os.PathLike | None = None) -> Path:
+    return write_bytes_atomic(path, (json.dumps(_finite(obj), indent=2, sort_keys=True) + "\n").encode(), inside=inside)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, inside: str | os.PathLike | None = None) -> Path:
+    """Write via a temporary file and ``os.replace``; mode 0666 & ~umask like an ordinary file. With
+    ``inside``, refuse a path that does not resolve inside that folder (no escape through names or links)."""
     path = Path(path)
+    if inside is not None:
+        ensure_inside(path, inside)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -63,66 +359,130 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def to_jsonable(obj: Any) -> Any:
-    """JSON has no infinity: epsilon = inf is stored as the string "inf"."""
-    if isinstance(obj, float) and math.isinf(obj):
-        return "inf" if obj > 0 else "-inf"
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return to_jsonable(obj.item())
-    return obj
-
-
-def parse_epsilon(value: Any) -> float:
-    return math.inf if value in ("inf", "Infinity", None) else float(value)
-
-
-def run_dir(results_dir: str | os.PathLike, run_id: str) -> Path:
-    return Path(results_dir) / "runs" / run_id
-
-
-def load_results(results_dir: str | os.PathLike) -> list[dict]:
-    """All finished runs' result.json files under one suite's results directory, sorted by run id."""
-    out = []
-    for path in sorted(Path(results_dir).glob("runs/*/result.json")):
-        record = json.loads(path.read_text())
-        record["epsilon"] = parse_epsilon(record.get("epsilon"))
-        out.append(record)
-    return out
-
-
-def load_baselines(results_dir: str | os.PathLike) -> dict:
-    path = Path(results_dir) / "baselines.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def check_result(record: dict) -> list[str]:
-    """Names of schema keys missing from a result record (empty when it is complete)."""
-    return [k for k in RESULT_KEYS if k not in record]
-
-
-def rebuild_csv(results_dir: str | os.PathLike) -> Path:
-    import pandas as pd
-
-    rows = []
-    for record in load_results(results_dir):
-        row = {k: record.get(k) for k in RESULT_KEYS if k not in ("versions", "downstream_accuracies")}
-        row["epsilon"] = "inf" if math.isinf(record["epsilon"]) else record["epsilon"]
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=[k for k in RESULT_KEYS if k not in ("versions", "downstream_accuracies")])
-    path = Path(results_dir) / "results.csv"
-    write_bytes_atomic(path, frame.to_csv(index=False).encode())
     return path
 
 
-def iter_result_dirs(root: str | os.PathLike) -> Iterable[Path]:
+def ensure_inside(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    resolved, root = Path(path).resolve(), Path(folder).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise UserError(f"{path}: refusing to write outside {folder}")
+    return resolved
+
+
+def read_model(path: str | os.PathLike, cls: type[M]) -> M:
+    """Load and validate one result file; a bad file is a one-line error naming it."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read ({err})") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err.msg}, line {err.lineno}) — delete it or re-run what wrote it") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    raw = _upgrade(raw, cls)
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{path}: {loc}: {first['msg']} — the file is not a valid {cls.__name__} "
+                        f"(schema {SCHEMA_VERSION}); re-run what wrote it") from None
+
+
+def _upgrade(raw: dict, cls: type) -> dict:
+    """Files of schema_version 1 (dpbench 0.1) still load."""
+    if raw.get("schema_version", 1) >= 2:
+        return raw
+    raw = dict(raw)
+    raw["schema_version"] = SCHEMA_VERSION
+    if cls is RunResult:
+        eps = parse_epsilon(raw.get("epsilon", "inf") if raw.get("epsilon") is not None else "inf")
+        private = math.isfinite(eps)
+        raw.setdefault("clipping", {"mode": "fixed" if private else "none", "max_grad_norm": raw.get("max_grad_norm")})
+        raw.pop("max_grad_norm", None)
+        if private:
+            raw.pop("final_loss", None)  # v1 wrote it for private runs: never carried forward
+        raw["noise_source"] = "seeded" if private else "none"  # v1 noise was derived from the seed
+        raw.setdefault("method_label", raw.get("method"))
+        raw.setdefault("dataset_label", raw.get("dataset"))
+        raw["downstream_accuracies"] = raw.get("downstream_accuracies") or []
+        raw["versions"] = raw.get("versions") or {}
+    elif cls is Baselines:
+        raw["dataset_label"] = raw.get("dataset_label") or raw.get("dataset")
+    elif cls is Profile:
+        for entry in raw.get("entries", []):
+            if isinstance(entry, dict):
+                entry.setdefault("method_label", entry.get("method"))
+    return raw
+
+
+def run_dir(results_dir: str | os.PathLike, run_id: str) -> Path:
+    return Path(results_dir) / "runs" / check_name(run_id, "run_id")
+
+
+def load_results(results_dir: str | os.PathLike) -> list[RunResult]:
+    """Every run's result.json under one suite's results directory, sorted by run id."""
+    return [read_model(p, RunResult) for p in sorted(Path(results_dir).glob("runs/*/result.json"))]
+
+
+def load_baselines(results_dir: str | os.PathLike) -> Optional[Baselines]:
+    path = Path(results_dir) / "baselines.json"
+    return read_model(path, Baselines) if path.is_file() else None
+
+
+def is_profile_file(path: str | os.PathLike) -> bool:
+    """A JSON file whose ``kind`` is dpbench-profile (never raises)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".json":
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("kind") == "dpbench-profile"
+
+
+def load_profiles(directory: str | os.PathLike, pattern: str = "profile*.json") -> list[tuple[Path, Profile]]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return [(p, read_model(p, Profile)) for p in sorted(directory.glob(pattern)) if is_profile_file(p)]
+
+
+def load_audits(results_dir: str | os.PathLike) -> list[AuditResult]:
+    return [read_model(p, AuditResult) for p in sorted(Path(results_dir).glob("runs/*/audit*.json"))]
+
+
+CSV_EXCLUDE = {"versions", "downstream_accuracies", "per_class_accuracy", "memory_breakdown", "method_options",
+               "clipping", "clipping_diagnostics"}
+
+
+def csv_rows(results: list[RunResult]) -> tuple[list[str], list[dict]]:
+    columns = [k for k in RunResult.model_fields if k not in CSV_EXCLUDE]
+    columns += ["clipping_mode", "max_grad_norm", "unclipped_fraction"]
+    rows = []
+    for r in results:
+        row = {k: v for k, v in r.model_dump(mode="json").items() if k in columns}
+        row.update(clipping_mode=r.clipping.mode, max_grad_norm=r.clipping.max_grad_norm,
+                   unclipped_fraction=r.clipping_diagnostics.unclipped_fraction if r.clipping_diagnostics else None)
+        rows.append(row)
+    return columns, rows
+
+
+def rebuild_csv(results_dir: str | os.PathLike) -> Path:
+    import csv
+    import io
+
+    columns, rows = csv_rows(load_results(results_dir))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_bytes_atomic(Path(results_dir) / "results.csv", buffer.getvalue().encode())
+
+
+def iter_result_dirs(root: str | os.PathLike):
     """Suite result directories below ``root`` (``root`` itself if it holds runs/)."""
     root = Path(root)
     if (root / "runs").is_dir():

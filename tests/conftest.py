@@ -22,5 +22,5 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST/Fashion-MNIST not found at {SHARED_DATA} (see DEVELOPERS.md)")
+        pytest.skip(f"real MNIST/Fashion-MNIST not found at {SHARED_DATA} (see ../shared/data/README.md: the offline MNIST-10k and Fashion-MNIST files)")
     return SHARED_DATA

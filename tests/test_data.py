@@ -113,7 +113,7 @@ def test_missing_dataset_names_the_path(tmp_path):
         load_dataset(ref("cifar10", 32, 3), str(tmp_path), "train")
     message = str(err.value)
     assert str(tmp_path / "cifar-10-batches-py") in message
-    assert "--download" in message and "\n" not in message
+    assert "data.download: true" in message and "--download" not in message and "\n" not in message
     assert get_dataset("cifar10").train_size(str(tmp_path)) == (50000, False)
     with pytest.raises(UserError, match=str(tmp_path / "MNIST" / "raw")):
         load_dataset(ref("mnist", 28, 1), str(tmp_path), "test")
@@ -196,14 +196,16 @@ def test_npz_round_trip_formats_and_num_classes(tmp_path):
     path = tmp_path / "mine.npz"
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
-    r = ref("npz", 6, 3, path=str(path))
+    r = ref("npz", 6, 3, path=str(path), num_classes=5)
     x, y = load_dataset(r, None, "train")
     assert_images(x, 12, 3, 6)
     expected = torch.from_numpy(x_train.transpose(0, 3, 1, 2) / 255.0 * 2 - 1).float()
     assert torch.allclose(x, expected, atol=1e-6)
     assert torch.equal(y, torch.from_numpy(y_train).long())
-    assert dataset_num_classes(r, None) == 5
+    assert dataset_num_classes(r, None) == 5, "declared, never read off the (private) labels"
     assert dataset_train_size(r, None) == (12, True)
+    with pytest.raises(UserError, match="labels ≥ options.num_classes=4"):
+        load_dataset(ref("npz", 6, 3, path=str(path), num_classes=4), None, "test")
 
     gray, _ = load_dataset(ref("npz", 6, 1, path=str(path)), None, "test")  # RGB -> luminance
     expected_gray = (x_test.astype(np.float64) / 255.0 @ LUMA) * 2 - 1

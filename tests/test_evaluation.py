@@ -26,7 +26,7 @@ from dpbench.evaluation.features import (
     images_to_uint8,
 )
 from dpbench.evaluation.metrics import frechet_distance, frechet_distance_from_stats, precision_recall
-from dpbench.registry import CLASSIFIERS, FID_BACKBONES, load_builtin_entries
+from dpbench.registry import CLASSIFIERS, FID_BACKBONES
 
 from conftest import REPO, SHARED_DATA  # noqa: E402
 
@@ -67,7 +67,6 @@ def _balanced_and_imbalanced(labels: np.ndarray, size: int) -> tuple[np.ndarray,
 # ------------------------------------------------------------------------------------------------ registry
 
 def test_registered_names():
-    load_builtin_entries()
     assert {"random_cnn", "inception"} <= set(FID_BACKBONES.names())
     assert {"cnn", "wrn16_4"} <= set(CLASSIFIERS.names())
     with pytest.raises(UserError, match="random_cnn"):

@@ -12,7 +12,7 @@ from dpbench.models.pretrain import load_pretrained
 SUITE = {
     "name": "pretrain-test",
     "data": {"private": {"name": "digits", "image_size": 8, "channels": 1},
-             "public": {"name": "digits", "image_size": 8, "channels": 1}},
+             "public": {"name": "shapes", "image_size": 8, "channels": 1, "options": {"size": 200}}},
     "model": {"preset": "tiny"},
     "pretrain": {"steps": 5, "batch_size": 16, "lr": 0.001},
     "privacy": {"epsilons": [1], "delta": 1e-4, "expected_batch_size": 32, "steps": 2, "max_grad_norm": 1.0,
@@ -32,7 +32,7 @@ def test_pretrain_round_trip_and_cache(tmp_path):
     assert second.cache_hit and second.source == "cache:" + first.source.split(":")[1]
     x = torch.randn(4, 1, 8, 8)
     t = torch.tensor([1, 100, 500, 999])
-    y = torch.tensor([0, 3, 9, 10])
+    y = torch.tensor([0, 3, 9, 10])  # shapes has 10 classes; row 10 is the null class
     with torch.no_grad():
         a = first.model(x, t, class_labels=y).sample
         b = second.model(x, t, class_labels=y).sample

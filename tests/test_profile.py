@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from dpbench.cli import main
 
@@ -24,6 +25,7 @@ def test_profile_then_regress(tmp_path, capsys):
     smaller = json.loads(profile.read_text())
     for e in smaller["entries"]:
         e["peak_memory_bytes"] = max(1, e["peak_memory_bytes"] // 10)
+        e["total_peak_memory_bytes"] = max(1, e["total_peak_memory_bytes"] // 10)
     low_memory = tmp_path / "baseline-low-memory.json"
     low_memory.write_text(json.dumps(smaller))
     assert main(["regress", str(profile), "--baseline", str(low_memory)]) == 1
@@ -37,3 +39,42 @@ def test_profile_then_regress(tmp_path, capsys):
     fast = tmp_path / "baseline-fast-dp.json"
     fast.write_text(json.dumps(faster_dp))
     assert main(["regress", str(profile), "--baseline", str(fast)]) == 1
+
+
+def test_profile_of_a_suite_uses_the_suites_training_settings(tmp_path, monkeypatch):
+    """Issue 9: `dpbench profile SUITE` once ignored the suite's optimizer, mixed precision and engine."""
+    import yaml
+
+    from dpbench.results import Profile, read_model
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "quickstart.yaml").read_text())
+    raw["pretrain"]["steps"] = 5
+    raw["data"]["public"]["options"] = {"size": 200}
+    raw["training"]["grad_sample_mode"] = "functorch"
+    raw["methods"] = [{"name": "bias"}]
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "p.json"
+    assert main(["profile", str(path), "--batch-sizes", "4", "--steps", "1", "--no-progress", "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    profile = read_model(out, Profile)
+    assert profile.grad_sample_mode == "functorch"
+    assert {e.grad_sample_mode for e in profile.entries} == {"functorch"}
+
+
+def test_scaling_profile_spans_presets_and_sizes(tmp_path):
+    from dpbench.reporting.profiles import format_profile
+    from dpbench.results import Profile, read_model
+
+    out = tmp_path / "scaling.json"
+    assert main(["profile", "--preset", "tiny,small", "--image-size", "8,16", "--batch-sizes", "2", "--steps", "1",
+                 "--methods", "full,lora", "--no-progress", "--out", str(out)]) == 0
+    profile = read_model(out, Profile)
+    assert {(e.preset, e.image_size) for e in profile.entries} == {(p, s) for p in ("tiny", "small") for s in (8, 16)}
+    sizes = {e.preset: e.total_params for e in profile.entries if e.method == "full"}
+    assert sizes["small"] > sizes["tiny"]
+    for e in profile.entries:
+        assert e.total_peak_memory_bytes >= e.peak_memory_bytes and e.memory_breakdown["parameters"] > 0
+    full_dp = [e for e in profile.entries if e.method == "full" and e.mode == "dp"]
+    assert all(e.memory_breakdown["optimizer_state"] == 2 * e.memory_breakdown["trainable"] for e in full_dp)
+    assert "small" in format_profile(profile)

@@ -10,11 +10,12 @@ from dpbench.errors import UserError
 from dpbench.reporting.regress import format_regress_table, regress
 
 try:
-    from tests._result_fixtures import make_profile, make_results_dir
+    from tests._result_fixtures import (METHODS, MODEL_SIZES, SEEDS, make_profile, make_results_dir, run_id_of,
+                                        update_run)
 except ImportError:  # tests/ is not a package: pytest put it on sys.path
-    from _result_fixtures import make_profile, make_results_dir
+    from _result_fixtures import METHODS, MODEL_SIZES, SEEDS, make_profile, make_results_dir, run_id_of, update_run
 
-ROW_KEYS = {"method", "setting", "metric", "baseline", "current", "change", "status"}
+ROW_KEYS = {"method", "setting", "metric", "baseline", "current", "change", "status", "note"}
 
 
 def _worse(rows, metric=None):
@@ -31,11 +32,13 @@ def current(tmp_path_factory):
 def test_results_against_itself(current):
     rows, ok = regress(current, current)
     assert ok
-    assert rows and all(ROW_KEYS <= set(r) for r in rows)
+    assert rows and all(ROW_KEYS == set(r) for r in rows)
     assert {r["status"] for r in rows} == {"ok"}
-    assert {r["metric"] for r in rows} == {"peak_memory_bytes", "dp_step_time_ratio"}
+    # total peak memory is compared when both sides recorded it
+    assert {r["metric"] for r in rows} == {"total_peak_memory_bytes", "dp_step_time_ratio"}
     # 3 methods x 3 epsilons memory rows + 3 methods x 2 finite epsilons ratio rows
     assert len(rows) == 9 + 6
+    assert [r["method"] for r in rows[::5]] == ["full", "lora", "loda"]  # the suite's order, not alphabetical
     table = format_regress_table(rows)
     assert "no regression" in table and "ε=∞" in table and "full" in table
 
@@ -44,9 +47,23 @@ def test_results_memory_regression(current, tmp_path):
     baseline = make_results_dir(tmp_path / "suite", samples=False, mem_scale=0.1)
     rows, ok = regress(current, baseline)
     assert not ok
-    assert len(_worse(rows, "peak_memory_bytes")) == 9
+    assert len(_worse(rows, "total_peak_memory_bytes")) == 9
     assert not _worse(rows, "dp_step_time_ratio")
-    assert "WORSE" in format_regress_table(rows) and "REGRESSION" in format_regress_table(rows)
+    assert all(r["change"] == pytest.approx(9.0, rel=1e-3) for r in _worse(rows))
+    table = format_regress_table(rows)
+    assert "WORSE" in table and "REGRESSION" in table
+
+
+def test_step_memory_is_compared_when_a_side_lacks_the_total(current, tmp_path):
+    baseline = make_results_dir(tmp_path / "suite", samples=False, mem_scale=0.1)
+    for method in METHODS:
+        for seed in SEEDS:
+            update_run(baseline, run_id_of(method, 1.0, seed), total_peak_memory_bytes=None)
+    rows, ok = regress(current, baseline)
+    assert not ok
+    eps1 = [r for r in rows if r["setting"] == "ε=1" and r["metric"].endswith("memory_bytes")]
+    assert {r["metric"] for r in eps1} == {"peak_memory_bytes"} and all(r["status"] == "worse" for r in eps1)
+    assert {r["metric"] for r in _worse(rows) if r["setting"] != "ε=1"} == {"total_peak_memory_bytes"}
 
 
 def test_results_dp_throughput_regression(current, tmp_path):
@@ -74,16 +91,18 @@ def test_results_raw_throughput_without_reference(tmp_path):
     rows, ok = regress(slow, base)
     assert not ok
     assert {r["metric"] for r in _worse(rows)} == {"throughput_examples_per_s"}
-    rows, ok = regress(base, base)
-    assert ok
+    assert regress(base, base)[1]
 
 
-def test_missing_rows_do_not_fail(tmp_path, current):
+def test_missing_rows_and_failed_runs_do_not_fail(tmp_path, current):
     fewer = make_results_dir(tmp_path / "suite", samples=False, methods=("full", "lora"))
     rows, ok = regress(fewer, current)
     assert ok
     missing = [r for r in rows if r["status"] == "missing"]
     assert missing and {r["method"] for r in missing} == {"loda"}
+    # a failed run is no measurement: its cell is compared on the seeds that finished
+    update_run(fewer, "lora-eps1-seed2", status="failed", error="RuntimeError: boom", phase="train")
+    assert regress(fewer, current)[1]
 
 
 # ------------------------------------------------------------------------------------------ profiles
@@ -92,13 +111,20 @@ def test_profiles(tmp_path):
     cur = make_profile(tmp_path / "cur.json")
     assert regress(cur, cur)[1]
     rows, ok = regress(cur, make_profile(tmp_path / "mem.json", mem_scale=0.1))
-    assert not ok and len(_worse(rows)) == len(_worse(rows, "peak_memory_bytes")) == 18
+    assert not ok and len(_worse(rows)) == len(_worse(rows, "total_peak_memory_bytes")) == 18
     rows, ok = regress(cur, make_profile(tmp_path / "fast.json", dp_time_scale=0.1))
     assert not ok and {r["metric"] for r in _worse(rows)} == {"dp_step_time_ratio"}
     assert all(r["setting"].startswith("dp, batch") for r in _worse(rows))
     slower = make_profile(tmp_path / "slow.json", dp_time_scale=2.0, np_time_scale=2.0)
     rows, ok = regress(slower, cur)
     assert ok, format_regress_table(rows)
+
+
+def test_profiles_over_model_sizes_are_matched_per_model(tmp_path):
+    cur = make_profile(tmp_path / "cur.json", model_sizes=MODEL_SIZES, batch_sizes=(32,))
+    rows, ok = regress(cur, cur)
+    assert ok and len(rows) == 3 * 3 * (2 + 1)  # models x methods x (2 memory rows + 1 ratio row)
+    assert any(r["setting"] == "dp, batch 32, small 28px" for r in rows)
 
 
 def test_folders_of_profiles_and_suites(tmp_path):

@@ -1,4 +1,4 @@
-"""`dpbench selfcheck` passes for every method, and catches the channels_last conv bug when unfixed."""
+"""`dpbench selfcheck` passes for every method, and fails for every broken loop it exists to catch."""
 
 from __future__ import annotations
 
@@ -6,23 +6,43 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from dpbench.engine.selfcheck import REL_ERR_LIMIT, run_selfcheck
 from dpbench.privacy.grad_samplers import conv_workaround, conv_workaround_enabled
-from dpbench.registry import METHODS, load_builtin_entries
-
-load_builtin_entries()
+from dpbench.registry import METHODS
 
 
-def test_selfcheck_cli_passes_for_every_method():
-    proc = subprocess.run([sys.executable, "-m", "dpbench", "selfcheck", "--json"], capture_output=True, text=True)
+def test_selfcheck_cli_passes_for_every_method(tmp_path):
+    out = tmp_path / "selfcheck.json"
+    proc = subprocess.run([sys.executable, "-m", "dpbench", "selfcheck", "--json", "--out", str(out)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout)
-    assert report["passed"] is True
+    assert report["passed"] is True and report["kind"] == "dpbench-selfcheck"
+    assert json.loads(out.read_text())["passed"] is True
     names = {m["method"] for m in report["methods"]}
     assert {"full", "lora", "loda", "bias", "attention"} <= names == set(METHODS.names())
     for m in report["methods"]:
         assert m["max_rel_error"] <= REL_ERR_LIMIT and m["trainable_changed"] and m["frozen_unchanged"]
         assert m["clip_ok"] and m["noise_ok"] and abs(m["noise_std_ratio"] - 1) < 0.02
+        assert m["mixed_precision_max_ratio"] <= 1 + 1e-6, "clipping under bf16 autocast stays fp32"
+        assert m["divisor_rel_error"] <= REL_ERR_LIMIT and m["noise_unpredictable"]
+
+
+@pytest.mark.parametrize("fault, failing", [
+    ("realised-divisor", "divisor_rel_error"),
+    ("no-clip", "clip_ok"),
+    ("low-noise", "noise_ok"),
+    ("repeated-noise", "noise_ok"),
+])
+def test_selfcheck_fails_every_injected_fault(fault, failing):
+    """Each mutant of the DP loop fails the check written for it (and nothing else hides it)."""
+    report = run_selfcheck(["bias"], fault=fault)
+    assert report.passed is False
+    check = report.methods[0]
+    value = getattr(check, failing)
+    assert (value is False) if isinstance(value, bool) else value > 1e-2, (fault, check)
 
 
 def test_selfcheck_fails_without_the_channels_last_workaround():
@@ -30,16 +50,16 @@ def test_selfcheck_fails_without_the_channels_last_workaround():
     with conv_workaround(False):
         report = run_selfcheck(["full", "loda"])
     assert conv_workaround_enabled(), "the workaround is restored"
-    assert report["passed"] is False
-    for m in report["methods"]:
-        assert not m["passed"] and m["max_rel_error"] > 1e-2
+    assert report.passed is False
+    for m in report.methods:
+        assert not m.passed and m.max_rel_error > 1e-2
         # the wrong gradients are those of convolutions right after an attention block
-        assert any("resnets" in name or "upsamplers" in name for name in m["details"])
+        assert any("resnets" in name or "upsamplers" in name for name in m.details)
 
 
 def test_functorch_mode_agrees():
     report = run_selfcheck(["full", "lora"], grad_sample_mode="functorch")
-    assert report["passed"], report
+    assert report.passed, report
 
 
 def test_selfcheck_exit_code_on_failure():
@@ -48,3 +68,10 @@ def test_selfcheck_exit_code_on_failure():
             "from dpbench.cli import main\nsys.exit(main(['selfcheck', '--method', 'full']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 1 and "FAIL" in proc.stdout
+
+
+def test_unknown_fault_is_a_user_error(capsys):
+    from dpbench.cli import main
+
+    assert main(["selfcheck", "--inject", "no-noise"]) == 2
+    assert "--inject 'no-noise'" in capsys.readouterr().err

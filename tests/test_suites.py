@@ -140,3 +140,127 @@ def test_only_filter_selects_cells():
     assert len(apply_filters(runs, ["epsilon=inf"])) == 4
     with pytest.raises(UserError):
         apply_filters(runs, ["method=nope"])
+
+
+# ---------------------------------------------------------------------------------- hardening (issue 8)
+MORE_BAD_SUITES = {
+    "public_is_private": (_mutate("data.public", {"name": "digits", "image_size": 8, "channels": 1}),
+                          ["data.public is the private dataset"]),
+    "traversal_suite_name": (_mutate("name", "../../escape"), ["name", "pattern"]),
+    "traversal_method_label": (_mutate("methods.0", {"name": "full", "label": "../../x"}), ["methods[0].label"]),
+    "absolute_method_label": (_mutate("methods.0", {"name": "full", "label": "/tmp/x"}), ["methods[0].label"]),
+    "fid_against_private_train": (_mutate("evaluation", {"fid_reference_split": "train"}),
+                                  ["fid_reference_split", "use test"]),
+    "bad_quantile": (_mutate("privacy.max_grad_norm", {"quantile": 1.5}), ["privacy.max_grad_norm.quantile", "less than 1"]),
+    "negative_clip": (_mutate("privacy.max_grad_norm", -1.0), ["privacy.max_grad_norm", "> 0"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MORE_BAD_SUITES))
+def test_unsafe_suites_are_rejected(case, tmp_path, capsys):
+    text, expected = MORE_BAD_SUITES[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for piece in expected:
+        assert piece in err, (piece, err)
+
+
+def test_every_problem_is_reported_at_once(tmp_path, capsys):
+    raw = yaml.safe_load(_mutate("privacy.max_grad_nrom", 1.0))
+    del raw["privacy"]["max_grad_norm"]
+    raw["methods"][0]["name"] = "fulll"
+    raw["privacy"]["delta"] = 5
+    path = tmp_path / "many.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert any("privacy.max_grad_nrom: unknown key 'max_grad_nrom' — did you mean 'max_grad_norm'?" in line for line in lines)
+    assert not any("Field required" in line for line in lines), "the misspelling is not reported as a missing key"
+    assert any("privacy.delta" in line for line in lines)
+    assert all(line.startswith(f"dpbench: error: {path}") for line in lines) and len(lines) == 2
+
+
+def test_registry_names_are_all_reported(tmp_path, capsys):
+    raw = json.loads(json.dumps(QUICKSTART))
+    raw["methods"][0]["name"] = "fulll"
+    raw["model"]["preset"] = "tinny"
+    path = tmp_path / "names.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and any("did you mean 'tiny'" in l for l in lines) and any("did you mean 'full'" in l for l in lines)
+
+
+def test_distinct_epsilons_never_share_a_run_id():
+    from dpbench.config.suite import parse_suite
+
+    raw = json.loads(json.dumps(QUICKSTART))
+    raw["privacy"]["epsilons"] = [1.0000001, 1.0000002, 10, "inf"]
+    ids = [r.run_id for r in expand_runs(parse_suite(raw))]
+    assert len(ids) == len(set(ids))
+    assert "full-eps1.0000001-seed0" in ids and "full-eps10-seed0" in ids and "full-epsinf-seed0" in ids
+
+
+def test_clipping_modes_validate_and_plan(capsys, tmp_path):
+    raw = json.loads(json.dumps(QUICKSTART))
+    raw["privacy"]["max_grad_norm"] = {"quantile": 0.5}
+    raw["methods"][1]["max_grad_norm"] = "auto"
+    path = tmp_path / "clip.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["validate", "--json", str(path)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    modes = {(r["method"], r["clipping"]) for r in rows if r["epsilon"] != "inf"}
+    assert ("bias", "auto") in modes and ("full", "quantile") in modes
+    quantile = next(r for r in rows if r["clipping"] == "quantile")
+    assert quantile["gradient_noise_multiplier"] > quantile["noise_multiplier"], "σ recalibrated for the count query"
+
+
+def test_builtin_suites_by_name_and_outside_the_repository(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["ls", "suites"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    assert {"quickstart", "mnist10k-cpu", "mnist", "cifar10"} <= listed
+    assert main(["validate", "quickstart"]) == 0
+    capsys.readouterr()
+    assert main(["validate", "quickstrat"]) == 2
+    assert "did you mean 'quickstart'" in capsys.readouterr().err
+
+
+def test_version_and_device_syntax(capsys):
+    import dpbench
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and dpbench.__version__ in capsys.readouterr().out
+    from dpbench.errors import UserError
+    from dpbench.runner.devices import resolve_device
+
+    assert str(resolve_device("cpu")) == "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="cuda:1: CUDA is not available"):
+            resolve_device("cuda:1")
+    with pytest.raises(UserError, match="not a device"):
+        resolve_device("tpu:0")
+
+
+def test_npz_classes_are_declared_not_read_from_private_labels(tmp_path):
+    import numpy as np
+
+    from dpbench.data.base import dataset_num_classes
+    from dpbench.errors import UserError
+
+    from dpbench.config.suite import DatasetRef
+
+    path = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 255, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 3,
+             x_test=rng.integers(0, 255, (6, 8, 8), dtype=np.uint8), y_test=np.arange(6) % 3)
+    ref = DatasetRef(name="npz", image_size=8, channels=1, options={"path": str(path), "num_classes": 5})
+    assert dataset_num_classes(ref, None) == 5, "the declaration, not max label + 1 = 3"
+    with pytest.raises(UserError, match="num_classes must be declared"):
+        dataset_num_classes(DatasetRef(name="npz", image_size=8, channels=1, options={"path": str(path)}), None)

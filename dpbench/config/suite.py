@@ -1,24 +1,31 @@
 """The suite schema (documented in docs/suite.md) and its expansion into a grid of runs.
 
 A suite is strict: unknown keys, wrong types and impossible values are errors that name the file, the
-field path and the fix (see :func:`load_suite`). Everything shared by the methods of a suite — data,
-model, pretraining, privacy budget, training, sampling and evaluation settings — lives here once, so
-that every method of a (ε, seed) cell runs under exactly the same settings.
+field path and the fix (see :func:`load_suite`); every problem of a file is reported at once.
+Everything shared by the methods of a suite — data, model, pretraining, privacy budget, training,
+sampling and evaluation settings — lives here once, so that every method of a (ε, seed) cell runs
+under exactly the same settings. :class:`TrainingSettings` is also the engine's settings type.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
 import os
+import typing
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from dpbench.errors import UserError
+from dpbench.results import NAME_PATTERN, format_epsilon, parse_epsilon
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -30,6 +37,9 @@ class DatasetRef(Strict):
     channels: Literal[1, 3] = Field(description="1 = grayscale, 3 = RGB; datasets are converted")
     root: Optional[str] = Field(default=None, description="data folder (overrides data.root)")
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options (e.g. path)")
+
+    def identity(self) -> dict:
+        return {"name": self.name, "options": self.options}
 
 
 class DataSettings(Strict):
@@ -60,6 +70,37 @@ class PretrainSettings(Strict):
     seed: int = 0
 
 
+class QuantileClipping(Strict):
+    """Adaptive clipping toward a quantile of per-example norms (Andrew et al. 2021)."""
+
+    quantile: float = Field(gt=0, lt=1, description="target fraction of examples left unclipped")
+    initial: float = Field(default=1.0, gt=0, description="C at the first step")
+    learning_rate: float = Field(default=0.2, gt=0, description="η of the geometric update of C")
+    count_noise: Optional[float] = Field(default=None, gt=0, description="std of the count noise (default B/20)")
+
+
+def _clipping_kind(value: Any) -> str | None:
+    """Which form of clipping spec a value is, so a mistake is reported against that form alone."""
+    if isinstance(value, (dict, QuantileClipping)):
+        return "clip-quantile"
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "clip-auto"
+    return "clip-number"
+
+
+ClippingSpec = Annotated[
+    Union[Annotated[float, Tag("clip-number")], Annotated[Literal["auto"], Tag("clip-auto")],
+          Annotated[QuantileClipping, Tag("clip-quantile")]],
+    Discriminator(_clipping_kind),
+]
+
+
+def _check_clipping(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
+        raise ValueError(f"a clipping norm must be > 0 (got {value}); or use auto, or {{quantile: q}}")
+    return value
+
+
 class PrivacySettings(Strict):
     epsilons: list[Union[float, Literal["inf"]]] = Field(min_length=1, description="targets; inf = non-private reference")
     delta: float = Field(gt=0, lt=1)
@@ -67,15 +108,25 @@ class PrivacySettings(Strict):
     expected_batch_size: int = Field(gt=0, description="expected logical (Poisson) batch size")
     epochs: Optional[float] = Field(default=None, gt=0)
     steps: Optional[int] = Field(default=None, gt=0)
-    max_grad_norm: float = Field(gt=0, description="per-example clipping norm C")
+    max_grad_norm: ClippingSpec = Field(description="C (a number), auto, or {quantile: q}")
     noise_multiplicity: int = Field(default=1, ge=1, description="K noised copies averaged inside each example's loss")
     physical_batch_size: int = Field(gt=0, description="examples per forward/backward (virtual batching)")
+    reproducible_noise: bool = Field(
+        default=False, description="derive the DP noise from the seed: for tests and debugging only, NOT a DP release")
 
     @field_validator("epsilons", mode="before")
     @classmethod
     def _parse_inf(cls, value):
         if isinstance(value, list):
-            return [("inf" if (isinstance(v, str) and v.strip().lower() in {"inf", ".inf", "infinity"}) or v == math.inf else v) for v in value]
+            out = []
+            for v in value:
+                try:
+                    eps = parse_epsilon(v)
+                except ValueError:
+                    out.append(v)  # pydantic reports the type error
+                    continue
+                out.append("inf" if math.isinf(eps) else eps)
+            return out
         return value
 
     @field_validator("epsilons")
@@ -84,9 +135,11 @@ class PrivacySettings(Strict):
         for eps in value:
             if eps != "inf" and not eps > 0:
                 raise ValueError(f"epsilon must be > 0 (got {eps}); use inf for the non-private reference")
-        if len(set(map(str, value))) != len(value):
+        if len({float(e) for e in value}) != len(value):
             raise ValueError("epsilons are repeated")
         return value
+
+    _clip = field_validator("max_grad_norm")(classmethod(lambda cls, v: _check_clipping(v)))
 
     @model_validator(mode="after")
     def _length(self):
@@ -97,9 +150,13 @@ class PrivacySettings(Strict):
 
 class MethodSpec(Strict):
     name: str = Field(description="registered method (`dpbench ls methods`)")
-    label: Optional[str] = Field(default=None, description="distinguishes two entries of one method; defaults to name")
+    label: Optional[str] = Field(default=None, pattern=NAME_PATTERN,
+                                 description="distinguishes two entries of one method; defaults to name")
     options: dict[str, Any] = Field(default_factory=dict)
     lr: Optional[float] = Field(default=None, gt=0, description="overrides training.lr for this method")
+    max_grad_norm: Optional[ClippingSpec] = Field(default=None, description="overrides privacy.max_grad_norm")
+
+    _clip = field_validator("max_grad_norm")(classmethod(lambda cls, v: _check_clipping(v)))
 
     @property
     def key(self) -> str:
@@ -107,15 +164,19 @@ class MethodSpec(Strict):
 
 
 class TrainingSettings(Strict):
+    """The DP loop's optimisation settings; the engine takes this type (one settings type, not two)."""
+
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(default=1e-3, gt=0)
     class_embedding_lr: Optional[float] = Field(default=None, gt=0, description="lr of the private class embedding (default: the method's lr)")
     weight_decay: float = Field(default=0.0, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     ema_decay: Optional[float] = Field(default=0.999, ge=0, lt=1, description="EMA of trainable weights; null = off")
-    grad_sample_mode: Literal["hooks", "functorch"] = "hooks"
+    grad_sample_mode: Literal["hooks", "functorch"] = Field(
+        default="hooks", description="per-example gradient engine (all verified by `dpbench selfcheck`)")
     label_dropout: float = Field(default=0.0, ge=0, lt=1, description="p of training the null class, for guidance")
-    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
+    mixed_precision: Literal["auto", "bf16", "no"] = Field(
+        default="auto", description="auto: bf16 autocast where CUDA supports it; bf16: also on CPU; no: fp32")
     warmup_steps: int = Field(default=2, ge=0, description="steps excluded from the step-time median")
     checkpoint_seconds: float = Field(default=30.0, ge=0, description="resume checkpoint interval (0 = every step)")
 
@@ -143,7 +204,7 @@ class EvaluationSettings(Strict):
 
 
 class Suite(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     data: DataSettings
@@ -155,27 +216,39 @@ class Suite(Strict):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     executor: str = "local"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 
     @model_validator(mode="after")
     def _cross_checks(self):
+        problems = []
         keys = [m.key for m in self.methods]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
-            raise ValueError(f"method {dupes[0]!r} appears twice; give each entry a distinct label")
+            problems.append(f"method {dupes[0]!r} appears twice; give each entry a distinct label")
         if self.model.preset is not None and self.data.public is None:
-            raise ValueError("a preset must be pretrained: add data.public (or use model.pretrained)")
+            problems.append("a preset must be pretrained: add data.public (or use model.pretrained)")
         if self.sampling.guidance_scale > 0 and self.training.label_dropout == 0:
-            raise ValueError("sampling.guidance_scale > 0 needs training.label_dropout > 0")
-        if self.data.public is not None and (
-            self.data.public.image_size != self.data.private.image_size
-            or self.data.public.channels != self.data.private.channels
-        ):
-            raise ValueError("data.public must have the image_size and channels of data.private")
+            problems.append("sampling.guidance_scale > 0 needs training.label_dropout > 0")
+        public, private = self.data.public, self.data.private
+        if public is not None and (public.image_size != private.image_size or public.channels != private.channels):
+            problems.append("data.public must have the image_size and channels of data.private")
+        if public is not None and public.identity() == private.identity():
+            problems.append("data.public is the private dataset: pretraining on private data outside the DP "
+                            "mechanism voids the guarantee — use a different public dataset")
+        private_eps = any(e != "inf" for e in self.privacy.epsilons)
+        if private_eps and self.evaluation.fid_reference_split == "train":
+            problems.append("evaluation.fid_reference_split: 'train' compares samples with the private training "
+                            "images outside the DP mechanism — use test")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def data_root(self, ref: DatasetRef, override: Optional[str] = None) -> Optional[str]:
+        """The one data-root resolution: --data-root, then the dataset's root, data.root, $DPBENCH_DATA."""
         return override or ref.root or self.data.root or os.environ.get("DPBENCH_DATA")
+
+    def method(self, key: str) -> MethodSpec:
+        return next(m for m in self.methods if m.key == key)
 
 
 class RunSpec(BaseModel):
@@ -186,6 +259,7 @@ class RunSpec(BaseModel):
     suite: str
     method: str
     method_key: str
+    method_index: int
     dataset: str
     public_dataset: Optional[str]
     epsilon: float
@@ -196,9 +270,18 @@ class RunSpec(BaseModel):
         return math.isfinite(self.epsilon)
 
 
+# --------------------------------------------------------------------------------------------- errors
 def _format_loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and not part.startswith("function-") and part not in _UNION_TAGS:
+            out += ("." if out else "") + part
+    return out
 
+
+_UNION_TAGS = {"float", "literal['inf']", "clip-number", "clip-auto", "clip-quantile"}
 
 _FIXES = {
     "extra_forbidden": "remove it or fix its spelling (see docs/suite.md)",
@@ -206,16 +289,63 @@ _FIXES = {
 }
 
 
-def _validation_message(path: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = _format_loc(first["loc"])
-    kind = first["type"]
-    msg = first["msg"].removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        msg = f"unknown key {str(first['loc'][-1])!r}"
-    fix = _FIXES.get(kind, "")
-    where = f"{path}: {loc}: " if loc else f"{path}: "
-    return f"{where}{msg}" + (f" — {fix}" if fix else "")
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` (for did-you-mean on unknown keys)."""
+    model: Any = Suite
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        model = _unwrap(model.model_fields[part].annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap(annotation):
+    for arg in typing.get_args(annotation) or ():
+        inner = _unwrap(arg)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner
+    return annotation
+
+
+def _unknown_key_suggestions(errors: list[dict]) -> dict[tuple, str]:
+    """For each unknown key, the known key it probably meant. A misspelled key shows up twice — as
+    unknown, and as "Field required" for the key it replaced — so a missing sibling is the best guess."""
+    missing = {(tuple(e["loc"][:-1]), e["loc"][-1]) for e in errors if e["type"] == "missing"}
+    out = {}
+    for e in errors:
+        if e["type"] != "extra_forbidden":
+            continue
+        parent, key = tuple(e["loc"][:-1]), str(e["loc"][-1])
+        siblings = [name for p, name in missing if p == parent]
+        for candidates in (siblings, list(getattr(_model_at(parent), "model_fields", None) or [])):
+            close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+            if close:
+                out[tuple(e["loc"])] = close[0]
+                break
+    return out
+
+
+def _messages(path: str, err: ValidationError) -> list[str]:
+    """One line per problem: file, field path, what is wrong, the fix."""
+    errors = err.errors()
+    suggestions = _unknown_key_suggestions(errors)
+    explained = {loc[:-1] + (meant,) for loc, meant in suggestions.items()}
+    out = []
+    for e in errors:
+        loc, kind = tuple(e["loc"]), e["type"]
+        if kind == "missing" and loc in explained:
+            continue  # reported as the unknown key that replaced it
+        msg, fix = e["msg"].removeprefix("Value error, "), _FIXES.get(kind, "")
+        if kind == "extra_forbidden":
+            msg = f"unknown key {str(loc[-1])!r}"
+            if loc in suggestions:
+                fix = f"did you mean {suggestions[loc]!r}?"
+        where = _format_loc(loc)
+        line = f"{path}: {where}: {msg}" if where else f"{path}: {msg}"
+        out.append(line + (f" — {fix}" if fix else ""))
+    return list(dict.fromkeys(out))
 
 
 def parse_suite(raw: Any, path: str = "<suite>") -> Suite:
@@ -224,13 +354,33 @@ def parse_suite(raw: Any, path: str = "<suite>") -> Suite:
     try:
         return Suite.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_validation_message(path, err)) from None
+        raise UserError(_messages(path, err)) from None
+
+
+BUILTIN_SUITES = "dpbench.suites"
+
+
+def builtin_suites() -> dict[str, Path]:
+    """The suites that ship with the package: name → file."""
+    folder = resources.files(BUILTIN_SUITES)
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_suite_path(name_or_path: str | os.PathLike) -> Path:
+    """A suite file path, or the name of a built-in suite (``dpbench run quickstart``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtin = builtin_suites()
+    if str(name_or_path) in builtin:
+        return builtin[str(name_or_path)]
+    close = difflib.get_close_matches(path.stem, list(builtin), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"built-in suites: {', '.join(sorted(builtin))}"
+    raise UserError(f"{name_or_path}: suite file not found — give the path to a suite YAML or a built-in name ({hint})")
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: suite file not found — give the path to a suite YAML (see suites/)")
+    path = resolve_suite_path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -241,23 +391,19 @@ def load_suite(path: str | os.PathLike) -> Suite:
     return parse_suite(raw, str(path))
 
 
-def format_epsilon(eps: float | str) -> str:
-    eps = float(eps)
-    return "inf" if math.isinf(eps) else f"{eps:g}"
-
-
+# --------------------------------------------------------------------------------------------- grid
 def expand_runs(suite: Suite) -> list[RunSpec]:
     runs = []
     for seed in suite.seeds:
         for eps in suite.privacy.epsilons:
-            for method in suite.methods:
-                e = format_epsilon(eps)
+            for index, method in enumerate(suite.methods):
                 runs.append(
                     RunSpec(
-                        run_id=f"{method.key}-eps{e}-seed{seed}",
+                        run_id=f"{method.key}-eps{format_epsilon(float(eps))}-seed{seed}",
                         suite=suite.name,
                         method=method.name,
                         method_key=method.key,
+                        method_index=index,
                         dataset=suite.data.private.name,
                         public_dataset=suite.data.public.name if suite.data.public else None,
                         epsilon=float(eps),
@@ -271,3 +417,30 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     """Hash of a JSON-able object, independent of key order."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+# Settings that do not change what a run computes: excluded from its config hash.
+_NOT_IN_HASH = {"training": {"checkpoint_seconds", "warmup_steps"}}
+
+
+def run_config_hash(suite: Suite, spec: RunSpec, num_examples: int) -> str:
+    """Hash of everything that determines one run: the sections of the suite it uses, its method entry,
+    ε, seed, the private data's identity and size, and the dpbench version. Changing any of them makes
+    a finished run stale (``dpbench run`` refuses to skip it silently)."""
+    import dpbench
+
+    dump = suite.model_dump(mode="json")
+    privacy = {k: v for k, v in dump["privacy"].items() if k != "epsilons"}
+    method = suite.method(spec.method_key).model_dump(mode="json")
+    material = {
+        "dpbench": dpbench.__version__,
+        "data": {"private": suite.data.private.identity(), "public": suite.data.public.identity() if suite.data.public else None,
+                 "image_size": suite.data.private.image_size, "channels": suite.data.private.channels,
+                 "num_examples": num_examples},
+        "model": dump["model"], "pretrain": dump["pretrain"] if suite.model.preset else None,
+        "privacy": privacy, "epsilon": format_epsilon(spec.epsilon), "seed": spec.seed,
+        "method": method,
+        "training": {k: v for k, v in dump["training"].items() if k not in _NOT_IN_HASH["training"]},
+        "sampling": dump["sampling"], "evaluation": dump["evaluation"],
+    }
+    return stable_hash(material)

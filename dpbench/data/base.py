@@ -91,7 +91,7 @@ class ImageDataset(ABC):
 
     def missing_error(self, path: str, how: str | None = None) -> UserError:
         how = how or (
-            "set data.download: true in the suite or pass --download to fetch it with torchvision, "
+            "set data.download: true in the suite to fetch it with torchvision, "
             f"or place the raw files under {path}"
         )
         return UserError(f"dataset {self.name!r} not found at {path} — {how} (data root: {ROOT_HINT})")
@@ -101,7 +101,7 @@ class ImageDataset(ABC):
         detail = detail if len(detail) <= 300 else detail[:297] + "..."
         return UserError(
             f"dataset {self.name!r}: download to {path} failed ({type(err).__name__}: {detail}) — check the "
-            f"network connection, or place the raw files under {path} by hand and run without --download"
+            f"network connection, or place the raw files under {path} by hand and set data.download: false"
         )
 
 
@@ -173,20 +173,15 @@ def get_dataset(name: str) -> ImageDataset:
     return _INSTANCES[name]
 
 
-def _resolve_root(ref: "DatasetRef", root: str | None) -> str | None:
-    return root if root is not None else (ref.root or os.environ.get("DPBENCH_DATA") or None)
-
-
 def load_dataset(
     ref: "DatasetRef", root: str | None, split: str, download: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load one split of a suite's dataset reference (cached per process; treat the tensors as read-only).
 
-    `root` is the resolved data root (``Suite.data_root(ref, override)``); if None, ref.root and then
-    $DPBENCH_DATA are used.
+    `root` is the data root as :meth:`dpbench.config.suite.Suite.data_root` resolved it (the one place
+    that applies --data-root, the dataset's root, data.root and $DPBENCH_DATA).
     """
     ds = get_dataset(ref.name)
-    root = _resolve_root(ref, root)
     options = dict(ref.options)
     if isinstance(ds, ArrayDataset):  # caches itself
         return ds.load(root, split, ref.image_size, ref.channels, download=download, options=options)
@@ -201,12 +196,12 @@ def load_dataset(
 
 def dataset_num_classes(ref: "DatasetRef", root: str | None) -> int:
     """Number of classes of a suite's dataset (read from the data for imagefolder / npz)."""
-    return get_dataset(ref.name).num_classes_for(_resolve_root(ref, root), dict(ref.options))
+    return get_dataset(ref.name).num_classes_for(root, dict(ref.options))
 
 
 def dataset_train_size(ref: "DatasetRef", root: str | None) -> tuple[int, bool]:
     """(training-set size, exact?) of a suite's dataset, without downloading or fully loading it."""
-    return get_dataset(ref.name).train_size(_resolve_root(ref, root), dict(ref.options))
+    return get_dataset(ref.name).train_size(root, dict(ref.options))
 
 
 def clear_cache() -> None:

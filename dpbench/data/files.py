@@ -7,7 +7,7 @@ This is how users bring datasets dpbench does not ship a loader for (e.g. ImageN
   Classes are the sorted folder names of ``train/``; the test split uses the same class indices.
 * ``npz``: ``options.path`` names a ``.npz`` with arrays ``x_train, y_train, x_test, y_test``; x is uint8
   ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` (C = 1, 3, or 4 with alpha dropped) or float in
-  [0, 1]; labels are integers >= 0 and num_classes = max label + 1 over both splits.
+  [0, 1]; labels are integers in [0, options.num_classes) — the number of classes is declared, never read off the private labels.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ class NpzData(ArrayDataset):
     name = "npz"
     num_classes = 0  # known from the file: use num_classes_for(root, options)
     nominal_train_size = 0
-    description = "your arrays x_train, y_train, x_test, y_test in one .npz file (options: path)"
-    options_allowed = ("path",)
+    description = "your arrays x_train, y_train, x_test, y_test in one .npz file (options: path, num_classes)"
+    options_allowed = ("path", "num_classes")
     root_mode = "optional"
 
     def file(self, root: str | None, options: dict) -> str:
@@ -151,6 +151,10 @@ class NpzData(ArrayDataset):
                 else:
                     raise UserError(f"dataset 'npz': {key} in {self.file(root, options)} must hold integer labels >= 0")
             out.append(y.astype(np.int64))
+        declared = options.get("num_classes")
+        if isinstance(declared, int) and any(y.size and y.max() >= declared for y in out):
+            raise UserError(f"dataset 'npz': {self.file(root, options)} has labels ≥ options.num_classes={declared} "
+                            "— declare the right number of classes")
         return out[0], out[1]
 
     def _load_raw(self, root, split, download, options, image_size):
@@ -165,9 +169,13 @@ class NpzData(ArrayDataset):
         return len(self._labels(_abs(root), options)[0])
 
     def num_classes_for(self, root, options=None):
-        y_train, y_test = self._labels(_abs(root), self.check_options(options))
-        both = np.concatenate([y_train, y_test])
-        return int(both.max()) + 1 if both.size else 0
+        """Declared, never read off the labels: the private label histogram is private data."""
+        options = self.check_options(options)
+        declared = options.get("num_classes")
+        if not isinstance(declared, int) or isinstance(declared, bool) or declared < 1:
+            raise UserError(f"dataset 'npz': options.num_classes must be declared as a positive integer (got "
+                            f"{declared!r}) — the number of classes is not read from the (private) labels")
+        return declared
 
 
 def _to_nchw(x: np.ndarray, key: str, path: str) -> np.ndarray:

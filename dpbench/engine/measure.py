@@ -1,63 +1,96 @@
 """Cost of one DP-loop step at a full physical batch: peak memory and step time, measured apart.
 
-Memory does not depend on the pixel values, so a :class:`StepProbe` runs the real DP loop (same
-model copy, method, hooks, optimiser, K) on *random* images of the private data's shape: it costs no
-privacy and can be repeated. Memory is the median over single-step peaks after a warm-up step (on
-CPU, precise RSS accounting makes allocation slow, so timed steps run without it; see
-dpbench/engine/memory.py). Measured this way the same step repeats to within ~1% in one process on CPU (up to 15% across fresh processes), where peaks
-taken during real training varied by ±30% with the Poisson batch sizes of the first steps.
+Memory does not depend on the pixel values, so a :class:`StepProbe` runs the real DP loop (a fresh
+copy of the model prepared by the method, the run's backend, optimiser, EMA and K) on *random* images
+of the private data's shape: it costs no privacy and can be repeated. Two numbers:
 
-To compare DP with non-private steps, time them *interleaved* (:func:`time_interleaved`): on a
-shared machine, drift between two back-to-back blocks of steps was larger than the effect measured.
+- ``peak_memory_bytes``: the step alone, above what was allocated before it (median of 3 single-step
+  peaks after warm-up steps), which isolates the DP step's own cost;
+- ``total_peak_memory_bytes``: the peak of training in total — what training holds between steps
+  (weights, optimizer state such as Adam's 2×P for full fine-tuning, EMA), measured from before the
+  model copy was made, plus that step peak (activations, per-sample state); what a user pays. CUDA:
+  allocated bytes (the reserved peak is recorded too); CPU: resident set.
+
+On CPU precise RSS accounting makes allocation slow, so timed steps run without it (see memory.py).
+Measured this way the same step repeats to within ~1% in one process on CPU (up to 15% across fresh
+processes). To compare DP with non-private steps, time them *interleaved* (:func:`time_interleaved`):
+on a shared machine, drift between two back-to-back blocks of steps was larger than the effect measured.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 import time
 
 import torch
 
-from dpbench.engine.memory import PeakMemory
+from dpbench.engine.memory import PeakMemory, resident_bytes
+
+
+def probe_step(batch: int, private: bool, noise_multiplicity: int = 1, clipping=None):
+    """A DP step configuration for probes: q = 1 (every step is a full physical batch), σ = 1."""
+    from dpbench.privacy.accounting import ClippingRule, DPStep
+
+    if clipping is None or not private:
+        clipping = ClippingRule(mode="fixed", max_grad_norm=1.0) if private else ClippingRule(mode="none", max_grad_norm=math.inf)
+    return DPStep(private=private, noise_multiplier=1.0 if private else 0.0, clipping=clipping, sample_rate=1.0,
+                  steps=1 << 62, expected_batch_size=batch, physical_batch_size=batch,
+                  noise_multiplicity=noise_multiplicity, num_examples=batch)
+
+
+def memory_breakdown(trainer) -> dict[str, int]:
+    """Analytic bytes, so a reader sees *why* one method uses less than another."""
+    params = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in trainer.params)
+    s = trainer.training
+    states = 0 if s.optimizer == "sgd" and s.momentum == 0 else (1 if s.optimizer == "sgd" else 2)
+    out = {"parameters": params, "trainable": trainable, "optimizer_state": states * trainable,
+           "ema": trainable if trainer.ema is not None else 0}
+    if trainer.backend is not None:
+        per_example = getattr(trainer.backend, "per_example_bytes", None)
+        out["per_sample_gradients"] = int(per_example() if per_example else trainable) * trainer.config.physical_batch_size
+    return out
 
 
 class StepProbe:
     """One DP-loop step of ``batch`` random examples, repeatable (q = 1: no Poisson variation)."""
 
-    def __init__(self, model, scheduler, settings, device, *, batch: int, private: bool, image_shape: tuple,
-                 num_classes: int, noise_multiplicity: int = 1, copy_model: bool = True, warmup: int = 1):
-        from dpbench.engine.trainer import DPTrainer
-        from dpbench.privacy.accounting import PrivacyPlan
+    def __init__(self, pretrained, method, num_classes: int, scheduler, training, device, *, batch: int,
+                 private: bool, image_shape: tuple, noise_multiplicity: int = 1, warmup: int = 1, clipping=None):
+        from dpbench.engine.trainer import DPTrainer, prepare_model
 
         self.device, self.batch = torch.device(device), batch
-        model = copy.deepcopy(model) if copy_model else model
         gen = torch.Generator().manual_seed(0)
         images = torch.rand((batch, *image_shape), generator=gen) * 2 - 1
         labels = torch.randint(0, num_classes, (batch,), generator=gen)
-        plan = PrivacyPlan(epsilon=1.0 if private else math.inf, delta=1e-5, accountant="rdp", sample_rate=1.0,
-                           steps=10**9, expected_batch_size=batch, noise_multiplier=1.0 if private else 0.0,
-                           max_grad_norm=1.0 if private else math.inf, noise_multiplicity=noise_multiplicity,
-                           physical_batch_size=batch, num_examples=batch)
-        self.trainer = DPTrainer(model, scheduler, images, labels, plan, settings, 0, device)
-        for _ in range(warmup):
-            self.trainer.train_step()
+        step = probe_step(batch, private, noise_multiplicity, clipping)
+        before = resident_bytes(self.device)
+        with PeakMemory(self.device) as warmup_window:
+            torch.manual_seed(0)
+            model = prepare_model(pretrained, method, num_classes, self.device)
+            self.trainer = DPTrainer(model, scheduler, images, labels, step, training, 0, self.device)
+            for _ in range(max(1, warmup)):
+                self.trainer.train_step()
+        self.held_between_steps = max(0, resident_bytes(self.device) - before)
+        self.total_reserved_bytes = warmup_window.reserved_bytes
 
     def memory(self, steps: int = 3) -> dict:
-        peaks, reserved, nvml, kind = [], [], [], None
+        peaks, nvml, kind = [], [], None
         for _ in range(steps):
             with PeakMemory(self.device) as mem:
                 self.trainer.train_step()
             peaks.append(mem.peak_bytes)
-            reserved.append(mem.reserved_bytes)
             nvml.append(mem.nvml_peak_bytes)
             kind = mem.kind
+        step_peak = int(statistics.median(peaks))
         return {
-            "peak_memory_bytes": int(statistics.median(peaks)),
-            "reserved_memory_bytes": max(reserved) if None not in reserved else None,
+            "peak_memory_bytes": step_peak,
+            "total_peak_memory_bytes": self.held_between_steps + step_peak,
+            "reserved_memory_bytes": self.total_reserved_bytes,
             "nvml_peak_memory_bytes": max(nvml) if None not in nvml else None,
             "memory_kind": kind,
+            "memory_breakdown": memory_breakdown(self.trainer),
         }
 
     def time_step(self) -> float:
@@ -84,9 +117,9 @@ def time_interleaved(probes: list[StepProbe], steps: int) -> list[dict]:
     return out
 
 
-def measure_step_memory(model, scheduler, settings, device, **probe_args) -> dict:
-    """Peak memory of one step of the run's DP loop at a full physical batch (what result.json reports)."""
-    probe = StepProbe(model, scheduler, settings, device, **probe_args)
+def measure_step_memory(pretrained, method, num_classes, scheduler, training, device, **probe_args) -> dict:
+    """Peak memory of the run's DP loop at a full physical batch (what result.json reports)."""
+    probe = StepProbe(pretrained, method, num_classes, scheduler, training, device, **probe_args)
     try:
         return probe.memory()
     finally:

@@ -102,6 +102,19 @@ def _nvml_reader(device_index: int):
         return None
 
 
+def resident_bytes(device: torch.device | str) -> int:
+    """What is held now: CUDA allocated bytes, or the process's resident set (after returning freed heap)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.memory_allocated(device))
+    _precise_cpu_allocation(True)
+    try:
+        return (_status_kib("VmRSS") or 0) * 1024
+    finally:
+        _precise_cpu_allocation(False)
+
+
 class PeakMemory:
     """``with PeakMemory(device) as mem: ...`` then ``mem.peak_bytes``, ``mem.kind``, ``mem.nvml_peak_bytes``."""
 

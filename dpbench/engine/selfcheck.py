@@ -1,51 +1,38 @@
 """``dpbench selfcheck``: prove, on the user's own stack, that the DP engine computes what it claims.
 
-On a tiny class-conditional UNet *with attention*, in float64, for every registered method:
+On a tiny class-conditional UNet *with attention*, for every registered method and the chosen backend:
 
-(a) per-example gradients from the engine (Opacus hooks + dpbench's registered fixes, or functorch)
-    equal an explicit per-example autograd loop — max relative error ≤ 1e-6;
+(a) per-example gradients (recovered from the backend with one-hot weights, so every backend is
+    checked the same way) equal an explicit per-example autograd loop — max relative error ≤ 1e-6
+    (float64);
 (b) one DP step changes every trainable parameter and no frozen one;
-(c) every example's clipped contribution has norm ≤ C (and examples above C are scaled to C);
-(d) the noise of a noise-only (empty Poisson batch) step has mean 0 and standard deviation σ·C
-    (a 5-standard-error test on ≥ 200k draws, seeded, so it does not flake).
+(c) every example's clipped contribution has norm ≤ C·(1+1e-6) (and examples above C are scaled to C),
+    in float64 and again under bf16 autocast (CUDA's, or CPU's where CUDA is absent), where the
+    per-example gradients arrive in bf16 and the clipping arithmetic must still be fp32;
+(d) a whole step with the noise off, on a Poisson batch whose realised size differs from the expected
+    one, equals Σ clip(g_i) / B_expected computed from an independently written loss (catches a
+    loop that divides by the realised batch size, or mis-scales anything else);
+(e) the noise of a noise-only (empty Poisson batch) step has mean 0 and standard deviation σ·C
+    (a 5-standard-error test on ≥ 200k draws), consecutive steps draw independent noise, and two
+    trainers with the same seed draw different noise (it comes from the OS, not the seed) unless
+    reproducible noise is asked for.
 
 These catch library regressions of the kind met while building dpbench: silently wrong conv
 per-sample gradients on channels_last inputs (Opacus 1.6 + diffusers attention), adapters that never
-train (peft + Opacus, opacus#820), and sensitivity mistakes with noise multiplicity.
+train (peft + Opacus, opacus#820), sensitivity mistakes with noise multiplicity, and the deliberately
+broken loops of dpbench/engine/faults.py.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 
 import torch
 
-from dpbench.engine.trainer import DPTrainer, OptimSettings, prepare_model
-from dpbench.privacy.accounting import PrivacyPlan
-from dpbench.provenance import library_versions
+from dpbench.results import SelfcheckMethod, SelfcheckReport
 
 REL_ERR_LIMIT = 1e-6
-
-
-@dataclass
-class MethodCheck:
-    method: str
-    trainable_params: int = 0
-    max_rel_error: float = math.nan
-    trainable_changed: bool = False
-    frozen_unchanged: bool = False
-    clip_ok: bool = False
-    noise_std_ratio: float = math.nan
-    noise_ok: bool = False
-    error: str | None = None
-    passed: bool = False
-    details: list = field(default_factory=list)
-
-    def finalize(self) -> "MethodCheck":
-        self.passed = (self.error is None and self.max_rel_error <= REL_ERR_LIMIT and self.trainable_changed
-                       and self.frozen_unchanged and self.clip_ok and self.noise_ok)
-        return self
+CLIP_SLACK = 1e-6
 
 
 def _tiny_model(num_classes: int, seed: int):
@@ -55,114 +42,251 @@ def _tiny_model(num_classes: int, seed: int):
     return build_unet("tiny", image_size=8, channels=1, num_classes=num_classes)
 
 
-def check_method(name: str, options: dict | None = None, device: str = "cpu", grad_sample_mode: str = "hooks",
-                 seed: int = 0, noise_multiplicity: int = 2) -> MethodCheck:
+def _settings(grad_sample_mode: str, mixed_precision: str = "no"):
+    from dpbench.config.suite import TrainingSettings
+
+    return TrainingSettings(optimizer="sgd", lr=0.1, momentum=0.0, ema_decay=None, grad_sample_mode=grad_sample_mode,
+                            label_dropout=0.3, mixed_precision=mixed_precision)
+
+
+def _step_config(n: int, expected: int, physical: int, k: int, sigma: float, c: float):
+    from dpbench.privacy.accounting import ClippingRule, DPStep
+
+    return DPStep(private=True, noise_multiplier=sigma, clipping=ClippingRule(mode="fixed", max_grad_norm=c),
+                  sample_rate=expected / n, steps=1, expected_batch_size=expected, physical_batch_size=physical,
+                  noise_multiplicity=k, num_examples=n)
+
+
+def _build(name, options, device, grad_sample_mode, seed, dtype, step, mixed_precision="no", fault=None,
+           reproducible_noise=False):
+    from dpbench.engine.faults import trainer_class
+    from dpbench.engine.trainer import prepare_model
     from dpbench.models.diffusion import make_noise_scheduler
     from dpbench.registry import METHODS
 
-    result = MethodCheck(method=name)
+    num_classes = 3
+    model = prepare_model(_tiny_model(num_classes, seed), METHODS.get(name)(options), num_classes, device, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # zero-initialised adapters (B = 0) would make some gradients vanish
+        for p in model.parameters():
+            if p.requires_grad and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.1)
+    images = (torch.rand(step.num_examples, 1, 8, 8, generator=gen, dtype=dtype) * 2 - 1)
+    labels = torch.randint(0, num_classes, (step.num_examples,), generator=gen)
+    cls = trainer_class(fault)
+    return cls(model, make_noise_scheduler(), images, labels, step, _settings(grad_sample_mode, mixed_precision),
+               seed, device, reproducible_noise=reproducible_noise)
+
+
+def engine_per_example_gradients(trainer, x, t, noise, labels) -> list[list[torch.Tensor]]:
+    """Each example's gradient from the trainer's backend, via one-hot weights (works for every backend)."""
+    out = []
+    for i in range(len(x)):
+        onehot = lambda norms, i=i: torch.nn.functional.one_hot(torch.tensor(i), len(norms)).to(norms)  # noqa: E731
+        sums, _, _ = trainer.backend.weighted_sum(lambda: trainer.example_losses(x, t, noise, labels), onehot)
+        out.append(sums)
+    return out
+
+
+def reference_example_loss(model, scheduler, x, t, noise, labels) -> torch.Tensor:
+    """One example's loss written from the definition (not the engine's code): the mean over its K copies
+    of ‖ε_θ(√ᾱ_t x + √(1−ᾱ_t) ε, t, y) − ε‖² / dim."""
+    alpha_bar = scheduler.alphas_cumprod.to(x.device, x.dtype)[t]  # [K]
+    shape = (-1,) + (1,) * (noise.dim() - 1)
+    noisy = alpha_bar.sqrt().view(shape) * x + (1 - alpha_bar).sqrt().view(shape) * noise
+    pred = model(noisy, t, class_labels=labels).sample
+    return ((pred - noise) ** 2).flatten(1).mean(1).mean()
+
+
+def _reference_gradient(trainer, x, t, noise, labels) -> list[torch.Tensor]:
+    loss = reference_example_loss(trainer.model, trainer.scheduler, x, t, noise, labels)
+    return list(torch.autograd.grad(loss, trainer.params))
+
+
+def _without_backend_hooks(trainer):
+    class _Off:
+        def __enter__(self):
+            disable = getattr(trainer.backend, "disable", None)
+            if disable:
+                disable()
+
+        def __exit__(self, *exc):
+            enable = getattr(trainer.backend, "enable", None)
+            if enable:
+                enable()
+
+    return _Off()
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
+
+
+def check_method(name: str, options: dict | None = None, device: str = "cpu", grad_sample_mode: str = "hooks",
+                 seed: int = 0, noise_multiplicity: int = 2, fault: str | None = None) -> SelfcheckMethod:
+    result = SelfcheckMethod(method=name)
     try:
-        num_classes, n, batch = 3, 6, 6
-        method = METHODS.get(name)(options)
-        model = prepare_model(_tiny_model(num_classes, seed), method, num_classes, device, torch.float64)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():  # zero-initialised adapters (B = 0) would make some gradients vanish
-            for p in model.parameters():
-                if p.requires_grad and not p.any():
-                    p.normal_(0, 0.1, generator=gen)
-        images = torch.rand(n, 1, 8, 8, generator=gen, dtype=torch.float64) * 2 - 1
-        labels = torch.randint(0, num_classes, (n,), generator=gen)
-        plan = PrivacyPlan(epsilon=1.0, delta=1e-5, accountant="rdp", sample_rate=1.0, steps=1,
-                           expected_batch_size=batch, noise_multiplier=1.3, max_grad_norm=1.0,
-                           noise_multiplicity=noise_multiplicity, physical_batch_size=4, num_examples=n)
-        trainer = DPTrainer(model, make_noise_scheduler(), images, labels, plan,
-                            OptimSettings(optimizer="sgd", lr=0.1, ema_decay=None, grad_sample_mode=grad_sample_mode,
-                                          label_dropout=0.3), seed, device)
-        result.trainable_params = sum(p.numel() for p in trainer.params)
-        x, y = trainer.images, trainer.labels
-        t, noise, lab = trainer.draw_diffusion_inputs(x, y)
-
-        # (a) engine per-example gradients vs an explicit loop with plain autograd
-        grads, _ = trainer.per_example_gradients(x, t, noise, lab)
-        trainer.hooks.disable_hooks()
-        worst = 0.0
-        for i in range(n):
-            loss = trainer.example_losses(x[i:i + 1], t[i:i + 1], noise[i:i + 1], lab[i:i + 1]).sum()
-            ref = torch.autograd.grad(loss, trainer.params)
-            flat_ref = torch.cat([r.flatten() for r in ref])
-            flat_eng = torch.cat([g[i].flatten() for g in grads])
-            err = float((flat_eng - flat_ref).norm() / flat_ref.norm().clamp_min(1e-300))
-            worst = max(worst, err)
-            # also per parameter tensor, relative to the example's whole gradient, to name the culprit
-            for (pname, _), r, g in zip(trainer.named_params, ref, grads):
-                e = float((g[i] - r).norm() / flat_ref.norm())
-                if e > REL_ERR_LIMIT and pname not in result.details:
-                    result.details.append(pname)
-        trainer.hooks.enable_hooks()
-        result.max_rel_error = worst
-
-        # (c) clipping: choose C inside the spread of norms so that both branches are exercised
-        _, norms = trainer.clip(grads)
-        object.__setattr__(plan, "max_grad_norm", float(norms.median()))
-        factors, norms = trainer.clip(grads)
-        clipped = factors * norms
-        big = norms > plan.max_grad_norm
-        result.clip_ok = bool((clipped <= plan.max_grad_norm * (1 + 1e-9)).all()
-                              and torch.allclose(clipped[big], torch.full_like(clipped[big], plan.max_grad_norm), rtol=1e-5))
-
-        # (b) one full DP step: every trainable parameter moves, no frozen one does
-        before = {k: v.detach().clone() for k, v in model.named_parameters()}
-        trainer.train_step()
-        changed = {k: not torch.equal(before[k], v) for k, v in model.named_parameters()}
-        trainable = {k for k, v in model.named_parameters() if v.requires_grad}
-        result.trainable_changed = all(changed[k] for k in trainable)
-        result.frozen_unchanged = not any(changed[k] for k in changed if k not in trainable)
-
-        # (d) noise of a noise-only step (empty Poisson batch): std σ·C, mean 0
-        draws = []
-        empty = torch.empty(0, dtype=torch.long)
-        while sum(d.numel() for d in draws) < 200_000:
-            step_grads = trainer.compute_step_gradient(empty)
-            draws.append(torch.cat([g.flatten() for g in step_grads]) * plan.expected_batch_size)
-        values = torch.cat(draws)
-        target = plan.noise_multiplier * plan.max_grad_norm
-        m = values.numel()
-        result.noise_std_ratio = float(values.std() / target)
-        result.noise_ok = bool(abs(result.noise_std_ratio - 1) < 5 / math.sqrt(2 * m)
-                               and abs(float(values.mean())) < 5 * target / math.sqrt(m))
-        trainer.finish()
+        _check(result, name, options, device, grad_sample_mode, seed, noise_multiplicity, fault)
     except Exception as err:  # a failing check is a result, not a crash
         result.error = f"{type(err).__name__}: {err}"
-    return result.finalize()
+    return result.finalize(REL_ERR_LIMIT)
 
 
-def run_selfcheck(methods: list[str] | None = None, device: str = "cpu", grad_sample_mode: str = "hooks") -> dict:
+def _check(result, name, options, device, grad_sample_mode, seed, k, fault):
+    n = 6
+    trainer = _build(name, options, device, grad_sample_mode, seed, torch.float64,
+                     _step_config(n, n, 4, k, sigma=1.3, c=1.0), fault=fault)
+    result.trainable_params = sum(p.numel() for p in trainer.params)
+    x, y = trainer.images, trainer.labels
+    t, noise, lab = trainer.draw_diffusion_inputs(y)
+
+    # (a) every example's gradient from the backend vs an explicit loop on the reference loss
+    engine = engine_per_example_gradients(trainer, x, t, noise, lab)
+    worst = 0.0
+    norms = []
+    with _without_backend_hooks(trainer):
+        for i in range(n):
+            ref = _reference_gradient(trainer, x[i:i + 1], t[i], noise[i], lab[i])
+            flat_ref = _flat(ref)
+            norms.append(float(flat_ref.norm()))
+            err = float((_flat(engine[i]) - flat_ref).norm() / flat_ref.norm().clamp_min(1e-300))
+            worst = max(worst, err)
+            for (pname, _), r, g in zip(trainer.named_params, ref, engine[i]):  # name the culprit
+                if float((g.to(torch.float64) - r).norm() / flat_ref.norm()) > REL_ERR_LIMIT and pname not in result.details:
+                    result.details.append(pname)
+    result.max_rel_error = worst
+
+    # (c) clipping in float64, with C inside the spread of norms so both branches are exercised
+    c = float(torch.tensor(norms).median())
+    trainer.clipper.max_grad_norm = c
+    weights = trainer.clipper.weights(torch.tensor(norms, dtype=torch.float64))
+    contributions = weights * torch.tensor(norms, dtype=torch.float64)
+    big = torch.tensor(norms) > c
+    result.clip_ok = bool((contributions <= c * (1 + CLIP_SLACK)).all()
+                          and torch.allclose(contributions[big], torch.full_like(contributions[big], c), rtol=1e-9))
+    result.max_clipped_norm_ratio = float(contributions.max() / c)
+    trainer.clipper.max_grad_norm = 1.0
+
+    # (b) one full DP step: every trainable parameter moves, no frozen one does
+    before = {key: v.detach().clone() for key, v in trainer.model.named_parameters()}
+    trainer.train_step()
+    changed = {key: not torch.equal(before[key], v) for key, v in trainer.model.named_parameters()}
+    trainable = {key for key, v in trainer.model.named_parameters() if v.requires_grad}
+    result.trainable_changed = all(changed[key] for key in trainable)
+    result.frozen_unchanged = not any(changed[key] for key in changed if key not in trainable)
+
+    # (e) noise of a noise-only step (empty Poisson batch): std σ·C, mean 0
+    draws, empty = [], torch.empty(0, dtype=torch.long)
+    while sum(d.numel() for d in draws) < 200_000:
+        draws.append(_flat(trainer.compute_step_gradient(empty)) * trainer.config.expected_batch_size)
+    values = torch.cat(draws)
+    target = trainer.config.noise_multiplier * trainer.clipper.sensitivity
+    m = values.numel()
+    result.noise_std_ratio = float(values.std() / target)
+    # consecutive steps must draw independent noise: their correlation is ~N(0, 1/n) when they do
+    first, second = draws[0], draws[1]
+    correlation = float(torch.corrcoef(torch.stack([first, second]))[0, 1])
+    result.noise_ok = bool(abs(result.noise_std_ratio - 1) < 5 / math.sqrt(2 * m)
+                           and abs(float(values.mean())) < 5 * target / math.sqrt(m)
+                           and abs(correlation) < 5 / math.sqrt(len(first)))
+    trainer.finish()
+
+    result.divisor_rel_error = _divisor_check(name, options, device, grad_sample_mode, seed, k, fault)
+    result.mixed_precision_max_ratio = _mixed_precision_clip(name, options, device, grad_sample_mode, seed, k)
+    result.noise_unpredictable = _noise_is_unpredictable(name, options, device, grad_sample_mode, seed)
+
+
+def _divisor_check(name, options, device, grad_sample_mode, seed, k, fault) -> float:
+    """(d): a noise-free step on a Poisson batch of realised size ≠ expected, against the definition."""
+    n, expected = 8, 4
+    trainer = _build(name, options, device, grad_sample_mode, seed, torch.float64,
+                     _step_config(n, expected, 3, k, sigma=0.0, c=1.0), fault=fault)
+    for _ in range(100):  # a deterministic search for a batch whose size is not the expected one
+        sampling, diffusion = trainer.sampling_gen.get_state(), trainer.diffusion_gen.get_state()
+        indices = trainer.sample_logical_batch()
+        if len(indices) not in (0, expected):
+            break
+    else:
+        raise RuntimeError("no Poisson batch of realised size ≠ expected in 100 draws")
+    trainer.sampling_gen.set_state(sampling)
+    trainer.diffusion_gen.set_state(diffusion)
+    indices = trainer.sample_logical_batch()
+    engine = _flat(trainer.compute_step_gradient(indices))
+    trainer.diffusion_gen.set_state(diffusion)  # the same draws again, for the reference
+    t, noise, lab = trainer.draw_diffusion_inputs(trainer.labels[indices])
+    total = torch.zeros_like(engine)
+    with _without_backend_hooks(trainer):
+        for j, i in enumerate(indices.tolist()):
+            g = _flat(_reference_gradient(trainer, trainer.images[i:i + 1], t[j], noise[j], lab[j]))
+            total += g * min(1.0, 1.0 / float(g.norm()))
+    reference = total / expected
+    trainer.finish()
+    return float((engine - reference).norm() / reference.norm())
+
+
+def _mixed_precision_clip(name, options, device, grad_sample_mode, seed, k) -> float:
+    """(c) under bf16 autocast: the largest ‖w_i·g_i‖ / C over examples, with g_i as the backend saw it."""
+    n = 6
+    trainer = _build(name, options, device, grad_sample_mode, seed, torch.float32,
+                     _step_config(n, n, n, k, sigma=1.0, c=1.0), mixed_precision="bf16")
+    if trainer.autocast_dtype is None:
+        raise RuntimeError("bf16 autocast is not available on this device")
+    x, y = trainer.images, trainer.labels
+    t, noise, lab = trainer.draw_diffusion_inputs(y)
+    grads = engine_per_example_gradients(trainer, x, t, noise, lab)
+    norms64 = torch.stack([_flat(g).norm() for g in grads])
+    # C in the middle of the norms: about half the examples are clipped, where rounding would show
+    c = float(norms64.median())
+    trainer.clipper.max_grad_norm = c
+    _, norms, _ = trainer.backend.weighted_sum(lambda: trainer.example_losses(x, t, noise, lab), trainer.clipper.weights)
+    weights = trainer.clipper.weights(norms).to(torch.float64)
+    trainer.finish()
+    if norms.dtype not in (torch.float32, torch.float64):
+        raise RuntimeError(f"per-example norms came back in {norms.dtype}, not fp32")
+    return float((weights * norms64).max() / c)
+
+
+def _noise_is_unpredictable(name, options, device, grad_sample_mode, seed) -> bool:
+    """Same seed, default settings: different noise. Same seed, reproducible noise: the same noise."""
+    def noise_of(reproducible: bool) -> torch.Tensor:
+        trainer = _build(name, options, device, grad_sample_mode, seed, torch.float64,
+                         _step_config(4, 2, 2, 1, sigma=1.0, c=1.0), reproducible_noise=reproducible)
+        out = _flat(trainer.compute_step_gradient(torch.empty(0, dtype=torch.long)))
+        trainer.finish()
+        return out
+
+    return bool(not torch.equal(noise_of(False), noise_of(False)) and torch.equal(noise_of(True), noise_of(True)))
+
+
+def run_selfcheck(methods: list[str] | None = None, device: str = "cpu", grad_sample_mode: str = "hooks",
+                  fault: str | None = None) -> SelfcheckReport:
+    from dpbench.provenance import provenance
     from dpbench.registry import METHODS
 
     names = methods or METHODS.names()
     for name in names:
-        METHODS.check(name)
-    checks = [check_method(name, device=device, grad_sample_mode=grad_sample_mode) for name in names]
-    return {
-        "passed": all(c.passed for c in checks),
-        "device": device,
-        "grad_sample_mode": grad_sample_mode,
-        "rel_error_limit": REL_ERR_LIMIT,
-        "versions": library_versions(),
-        "methods": [asdict(c) for c in checks],
-    }
+        METHODS.check(name, "--method")
+    checks = [check_method(name, device=device, grad_sample_mode=grad_sample_mode, fault=fault) for name in names]
+    return SelfcheckReport(passed=all(c.passed for c in checks), grad_sample_mode=grad_sample_mode, fault=fault,
+                           rel_error_limit=REL_ERR_LIMIT, methods=checks, **provenance(device))
 
 
-def format_selfcheck(report: dict) -> str:
-    head = f"{'method':<10} {'trainable':>10} {'max rel err':>12} {'moved':>6} {'frozen ok':>9} {'clip':>5} {'noise σ ratio':>13}  result"
+def format_selfcheck(report: SelfcheckReport) -> str:
+    def ok(flag) -> str:
+        return "yes" if flag else "NO"
+
+    head = (f"{'method':<10} {'trainable':>10} {'max rel err':>12} {'moved':>6} {'frozen ok':>9} {'clip':>5} "
+            f"{'bf16 clip':>10} {'divisor err':>11} {'noise σ ratio':>13} {'OS noise':>8}  result")
     lines = [head, "-" * len(head)]
-    for c in report["methods"]:
-        ok = lambda b: "yes" if b else "NO"  # noqa: E731
+    for c in report.methods:
         lines.append(
-            f"{c['method']:<10} {c['trainable_params']:>10} {c['max_rel_error']:>12.2e} {ok(c['trainable_changed']):>6} "
-            f"{ok(c['frozen_unchanged']):>9} {ok(c['clip_ok']):>5} {c['noise_std_ratio']:>13.4f}  "
-            + ("pass" if c["passed"] else "FAIL" + (f" ({c['error']})" if c["error"] else "")
-               + (f" wrong per-sample grads: {', '.join(c['details'][:4])}" if c["details"] else ""))
+            f"{c.method:<10} {c.trainable_params:>10} {c.max_rel_error:>12.2e} {ok(c.trainable_changed):>6} "
+            f"{ok(c.frozen_unchanged):>9} {ok(c.clip_ok):>5} {c.mixed_precision_max_ratio:>10.7f} "
+            f"{c.divisor_rel_error:>11.2e} {c.noise_std_ratio:>13.4f} {ok(c.noise_unpredictable):>8}  "
+            + ("pass" if c.passed else "FAIL" + (f" ({c.error})" if c.error else "")
+               + (f" wrong per-sample grads: {', '.join(c.details[:4])}" if c.details else ""))
         )
-    lines.append(f"selfcheck {'passed' if report['passed'] else 'FAILED'} ({report['device']}, {report['grad_sample_mode']})")
+    what = f"{report.device}, {report.grad_sample_mode}" + (f", fault {report.fault}" if report.fault else "")
+    lines.append(f"selfcheck {'passed' if report.passed else 'FAILED'} ({what})")
     return "\n".join(lines)
+

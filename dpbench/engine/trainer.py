@@ -6,56 +6,48 @@ Per logical step t = 1..T:
    q (the amplification-by-sampling assumption of the accountant). An empty batch is a *noise-only*
    step — it still adds noise, steps the optimiser and the accountant — never skipped (skipping would
    make the step count data-dependent) and never forwarded (the UNet crashes on an empty batch).
-2. **Virtual batches**: the logical batch is processed in physical chunks of ``physical_batch_size``.
-3. **Noise multiplicity K**: each example is repeated K times with independent (timestep, noise)
-   pairs, and the K losses are *averaged inside the example's loss* before its gradient is clipped,
-   so one example still contributes one gradient of norm ≤ C (treating K rows as K examples would
-   multiply the sensitivity by K).
-4. **Per-example gradients** from Opacus' grad-sample hooks (or its functorch mode), with the
-   channels_last conv fix of dpbench/privacy/grad_samplers.py; clipped to norm C and summed.
-5. **Noise** N(0, σ²C²) on the sum, divided by the *expected* batch size (unbiased under Poisson
-   sampling), then the optimiser step, an EMA update of the trainable weights (post-processing, free
-   in privacy) and one accountant step with (σ, q).
+2. **Diffusion draws** for the whole logical batch: each example is repeated K times with independent
+   (timestep, noise, label-dropout) draws. Drawn per logical batch, so the physical batch size and
+   the number of processes never change what an example sees.
+3. **Virtual batches**: the logical batch (this process's shard of it) is processed in physical chunks.
+4. **Noise multiplicity K**: the K losses are *averaged inside the example's loss* before its
+   gradient is clipped, so one example still contributes one gradient of sensitivity-bounded norm
+   (treating K rows as K examples would multiply the sensitivity by K).
+5. **Clipping** (dpbench/privacy/clipping.py: fixed C, automatic, or adaptive quantile) of per-example
+   gradients from a backend (dpbench/engine/backends.py), in fp32 or wider, summed.
+6. **Noise** N(0, σ²·S²) on the sum (S the rule's sensitivity), added once — across processes too —
+   from a generator seeded by the operating system (dpbench/privacy/noise.py), divided by the
+   *expected* batch size (unbiased under Poisson sampling); then the optimiser step, an EMA update
+   of the trainable weights (post-processing, free in privacy) and one accountant step.
 
-ε = inf is the non-private reference: same sampling, batches, K, optimiser and step count, plain
-autograd gradients (no hooks, no clipping, no noise).
-
-Step times exclude everything but training steps (the runner samples and evaluates after ``train``).
-Peak memory is measured apart, on the same loop at a full physical batch of random images
-(dpbench/engine/measure.py): it costs no privacy and repeats to within ~1%.
+ε = inf is the non-private reference: same sampling, draws, batches, K, optimiser and step count,
+plain autograd gradients (no clipping, no noise). Only such runs keep their training losses: a
+private run's loss is a statistic of private data that did not pass through the mechanism.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.nn as nn
 
+from dpbench.engine.backends import make_backend
 from dpbench.models.diffusion import denoising_loss_rows, num_label_rows
-from dpbench.privacy import grad_samplers  # noqa: F401  (registers the conv workaround)
-from dpbench.privacy.accounting import PrivacyPlan, epsilon_spent, make_accountant
+from dpbench.privacy.accounting import Budget, DPStep, epsilon_spent, make_accountant
+from dpbench.privacy.clipping import Clipper, accumulation_dtype
+from dpbench.privacy.noise import derive_seed, noise_generator
+
+if TYPE_CHECKING:
+    from dpbench.config.suite import TrainingSettings
 
 # Opacus' hooks on a model whose input needs no grad trigger this harmless PyTorch warning every step.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-
-
-@dataclass
-class OptimSettings:
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    class_embedding_lr: Optional[float] = None  # None: same as lr
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    ema_decay: Optional[float] = 0.999
-    grad_sample_mode: str = "hooks"
-    label_dropout: float = 0.0
-    mixed_precision: str = "auto"
-    warmup_steps: int = 2
 
 
 @dataclass
@@ -63,7 +55,7 @@ class TrainStats:
     steps: int = 0
     examples: int = 0
     step_times: list = field(default_factory=list)
-    losses: list = field(default_factory=list)
+    losses: list = field(default_factory=list)  # non-private runs only
     train_seconds: float = 0.0
     epsilon_spent: Optional[float] = None
 
@@ -76,47 +68,74 @@ class TrainStats:
         return expected_batch_size / median if median else None
 
 
-class DPTrainer:
-    """Trains the trainable parameters of a prepared model under one :class:`PrivacyPlan`."""
+def autocast_dtype(device: torch.device, mixed_precision: str) -> Optional[torch.dtype]:
+    """bf16 where it is asked for and supported: ``auto`` on CUDA with bf16, ``bf16`` also on CPU."""
+    if mixed_precision == "no":
+        return None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if mixed_precision == "bf16":
+            from dpbench.errors import UserError
 
-    def __init__(self, model: nn.Module, scheduler, images: torch.Tensor, labels: torch.Tensor,
-                 plan: PrivacyPlan, settings: OptimSettings, seed: int, device: torch.device | str):
+            raise UserError("training.mixed_precision: bf16 is not supported on this GPU — use auto or no")
+        return None
+    return torch.bfloat16 if mixed_precision == "bf16" else None
+
+
+class DPTrainer:
+    """Trains the trainable parameters of a prepared model with one :class:`DPStep` configuration.
+
+    ``budget`` (optional) is what the accountant steps against; probes and checks run without one.
+    ``reproducible_noise`` derives the DP noise from ``seed``: not a DP release (see noise.py).
+    ``canaries`` (the audit) adds gradient canaries to the sampled population; ``distributed`` (one
+    run on several processes) shards each logical batch and all-reduces the clipped sums.
+    """
+
+    def __init__(self, model: nn.Module, scheduler, images: torch.Tensor, labels: torch.Tensor, step: DPStep,
+                 training: "TrainingSettings", seed: int, device: torch.device | str, *,
+                 budget: Optional[Budget] = None, reproducible_noise: bool = False, canaries=None,
+                 distributed=None):
         self.device = torch.device(device)
-        self.model, self.scheduler, self.plan, self.settings = model, scheduler, plan, settings
+        self.model, self.scheduler, self.config, self.training = model, scheduler, step, training
+        self.budget = budget
         # Training mode matters beyond dropout: Opacus' hooks store activations only in training mode,
         # and from_pretrained() returns models in eval mode.
         model.train()
         self.dtype = next(model.parameters()).dtype
         self.images = images.to(self.device, self.dtype)
         self.labels = labels.to(self.device)
-        if len(self.images) != plan.num_examples:
-            raise ValueError("the privacy plan was made for another dataset size")
+        self.canaries = canaries
+        self.population = len(self.images) + (canaries.num_included if canaries is not None else 0)
+        if self.population != step.num_examples:
+            raise ValueError("the DP step was configured for another dataset size")
         self.null_label = num_label_rows(model) - 1
         self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named_params]
         if not self.params:
             raise ValueError("the method left no trainable parameters")
+        self.acc_dtype = accumulation_dtype(self.dtype)
         self.optimizer = self._make_optimizer()
-        self.ema = [p.detach().clone() for p in self.params] if settings.ema_decay is not None else None
-        self.hooks = None
-        if plan.private:
-            from opacus.grad_sample.grad_sample_module import GradSampleHooks
-
-            self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="sum",
-                                         force_functorch=settings.grad_sample_mode == "functorch")
-        # Separate, seeded streams: which examples are sampled, the diffusion (t, noise, label
-        # dropout) draws, and the DP noise. Their states are checkpointed for exact resumption.
-        self.sampling_gen = torch.Generator().manual_seed(_derive(seed, 1))
-        self.diffusion_gen = torch.Generator(self.device).manual_seed(_derive(seed, 2))
-        self.noise_gen = torch.Generator(self.device).manual_seed(_derive(seed, 3))
-        self.accountant = make_accountant(plan.accountant)
+        self.ema = [p.detach().clone() for p in self.params] if training.ema_decay is not None else None
+        self.backend = make_backend(training.grad_sample_mode, model, self.named_params,
+                                    step.noise_multiplicity) if step.private else None
+        self.clipper = Clipper(step.clipping, step.expected_batch_size)
+        self.distributed = distributed
+        # Seeded streams (sampling; diffusion draws) make runs comparable across methods of a cell;
+        # the DP noise is not seeded from anything written down unless explicitly asked for.
+        self.sampling_gen = torch.Generator().manual_seed(derive_seed(seed, 1))
+        self.diffusion_gen = torch.Generator(self.device).manual_seed(derive_seed(seed, 2))
+        self.noise_gen, self.noise_source = noise_generator(self.device, seed if reproducible_noise else None)
+        if not step.private:
+            self.noise_source = "none"
+        self.accountant = make_accountant(budget.accountant) if budget is not None and step.private else None
         self.step = 0
         self.stats = TrainStats()
-        self.autocast = self.device.type == "cuda" and settings.mixed_precision in ("auto", "bf16") and self.dtype == torch.float32
+        self.autocast_dtype = autocast_dtype(self.device, training.mixed_precision) if self.dtype == torch.float32 else None
 
     # ----------------------------------------------------------------------------------------- setup
     def _make_optimizer(self):
-        s = self.settings
+        s = self.training
         embedding = [p for n, p in self.named_params if n.startswith("class_embedding.")]
         rest = [p for n, p in self.named_params if not n.startswith("class_embedding.")]
         groups = [g for g in ({"params": rest}, {"params": embedding, "lr": s.class_embedding_lr or s.lr}) if g["params"]]
@@ -127,123 +146,133 @@ class DPTrainer:
 
     # ---------------------------------------------------------------------------- one logical step
     def sample_logical_batch(self) -> torch.Tensor:
-        mask = torch.rand(self.plan.num_examples, generator=self.sampling_gen) < self.plan.sample_rate
+        mask = torch.rand(self.population, generator=self.sampling_gen) < self.config.sample_rate
         return mask.nonzero().flatten()
 
-    def draw_diffusion_inputs(self, x: torch.Tensor, y: torch.Tensor):
+    def draw_diffusion_inputs(self, labels: torch.Tensor):
         """K (timestep, noise, label) draws per example: t [b,K], noise [b,K,C,H,W], labels [b,K]."""
-        b, k = len(x), self.plan.noise_multiplicity
+        b, k = len(labels), self.config.noise_multiplicity
         g = self.diffusion_gen
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b, k), generator=g, device=self.device)
-        noise = torch.randn((b, k, *x.shape[1:]), generator=g, device=self.device, dtype=self.dtype)
-        labels = y[:, None].expand(b, k).clone()
-        if self.settings.label_dropout > 0:
-            drop = torch.rand((b, k), generator=g, device=self.device) < self.settings.label_dropout
-            labels[drop] = self.null_label
-        return t, noise, labels
+        noise = torch.randn((b, k, *self.images.shape[1:]), generator=g, device=self.device, dtype=self.dtype)
+        rows = labels[:, None].expand(b, k).clone()
+        if self.training.label_dropout > 0:
+            drop = torch.rand((b, k), generator=g, device=self.device) < self.training.label_dropout
+            rows[drop] = self.null_label
+        return t, noise, rows
 
     def example_losses(self, x, t, noise, labels) -> torch.Tensor:
         """Loss per *example*, shape [b]: the mean over its K noised copies."""
         b, k = t.shape
         rows = lambda z: z.reshape(b * k, *z.shape[2:])  # noqa: E731
         x_rows = x.repeat_interleave(k, dim=0)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
             loss_rows = denoising_loss_rows(self.model, self.scheduler, x_rows, rows(labels), rows(t), rows(noise))
         return loss_rows.view(b, k).mean(1)
 
-    def per_example_gradients(self, x, t, noise, labels) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per-example gradients (one [b, *shape] tensor per trainable parameter) and the losses [b]."""
-        if self.hooks is None:
-            raise RuntimeError("per-example gradients are only computed for private runs")
-        b, k = t.shape
-        for p in self.params:
-            p.grad_sample = None
-            p.grad = None
-        losses = self.example_losses(x, t, noise, labels)
-        losses.sum().backward()
-        grads = []
-        for name, p in self.named_params:
-            gs = p.grad_sample
-            if gs is None:
-                raise RuntimeError(f"no per-sample gradient for trainable parameter {name}")
-            if isinstance(gs, list):  # parameter used twice in one forward: Opacus keeps one entry per use
-                gs = torch.stack(gs).sum(0)
-            # Opacus yields one row per (example, copy); the K copies of one example sum to its gradient.
-            grads.append(gs.reshape(b, k, *p.shape).sum(1) if k > 1 else gs.reshape(b, *p.shape))
-            p.grad_sample = None
-            p.grad = None
-        return grads, losses.detach()
-
-    def clip(self, grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example clipping factors min(1, C/‖g_i‖) and the unclipped norms ‖g_i‖."""
-        norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=1) for g in grads], dim=1).norm(2, dim=1)
-        factors = (self.plan.max_grad_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
-        return factors, norms
-
-    def dp_noise(self, like: torch.Tensor) -> torch.Tensor:
-        std = self.plan.noise_multiplier * self.plan.max_grad_norm
-        return torch.normal(0.0, std, like.shape, generator=self.noise_gen, device=like.device, dtype=like.dtype)
+    def _shard(self, positions: torch.Tensor) -> torch.Tensor:
+        if self.distributed is None:
+            return positions
+        return positions[self.distributed.rank::self.distributed.world_size]
 
     def compute_step_gradient(self, indices: torch.Tensor) -> list[torch.Tensor]:
         """The gradient the optimiser will see for one logical batch (noised and averaged when private)."""
-        summed = [torch.zeros_like(p) for p in self.params]
+        real = indices[indices < len(self.images)]
+        summed = [torch.zeros(p.shape, device=p.device, dtype=self.acc_dtype) for p in self.params]
         losses = []
-        for chunk in indices.split(self.plan.physical_batch_size) if len(indices) else ():
-            x, y = self.images[chunk], self.labels[chunk]
-            t, noise, labels = self.draw_diffusion_inputs(x, y)
-            if self.plan.private:
-                grads, loss = self.per_example_gradients(x, t, noise, labels)
-                factors, _ = self.clip(grads)
-                for acc, g in zip(summed, grads):
-                    acc.add_(torch.einsum("i,i...->...", factors.to(g.dtype), g))
-            else:
-                loss = self.example_losses(x, t, noise, labels)
-                step_grads = torch.autograd.grad(loss.sum(), self.params, allow_unused=True)
-                for acc, g in zip(summed, step_grads):
+        if len(real):
+            t, noise, labels = self.draw_diffusion_inputs(self.labels[real])
+            local = self._shard(torch.arange(len(real), device=real.device))
+            for chunk in local.split(self.config.physical_batch_size) if len(local) else ():
+                x = self.images[real[chunk]]
+                loss_fn = lambda: self.example_losses(x, t[chunk], noise[chunk], labels[chunk])  # noqa: E731
+                if self.config.private:
+                    sums, norms, loss = self.backend.weighted_sum(loss_fn, self.clipper.weights)
+                    self.clipper.observe(norms)
+                else:
+                    loss = loss_fn()
+                    sums = torch.autograd.grad(loss.sum(), self.params, allow_unused=True)
+                    loss = loss.detach()
+                    losses.append(loss)
+                for acc, g in zip(summed, sums):
                     if g is not None:
                         acc.add_(g)
-                loss = loss.detach()
-            losses.append(loss)
-        if self.plan.private:
-            for acc in summed:
-                acc.add_(self.dp_noise(acc))
+        if self.canaries is not None and self.config.private and self._is_root():
+            sums, norms = self.canaries.weighted_sum(indices[indices >= len(self.images)] - len(self.images),
+                                                     self.clipper.weights)
+            self.clipper.observe(norms)
+            for acc, g in zip(summed, sums):
+                acc.add_(g.to(acc.dtype))
+        count = self.clipper.count_query() if self.config.private else None
+        summed, count = self._reduce_and_noise(summed, count)
+        if count is not None:
+            self.clipper.end_step(float(count))
         if losses:
             self.stats.losses.append(float(torch.cat(losses).mean()))
-        return [acc / self.plan.expected_batch_size for acc in summed]
+        divisor = self.step_divisor(indices)
+        return [acc / divisor for acc in summed]
+
+    def step_divisor(self, indices: torch.Tensor) -> float:
+        """The expected batch size B, never the realised |B|: under Poisson sampling the sum / B is
+        unbiased, and its sensitivity to one example is C / B whatever the batch."""
+        return float(self.config.expected_batch_size)
+
+    def _is_root(self) -> bool:
+        return self.distributed is None or self.distributed.rank == 0
+
+    def _reduce_and_noise(self, summed: list[torch.Tensor], count: Optional[torch.Tensor]):
+        """Noise once (on the root process, before the all-reduce), then sum over processes."""
+        if self.config.private and self._is_root():
+            for acc in summed:
+                acc.add_(self.gradient_noise(acc))
+            if self.clipper.rule.mode == "quantile":
+                count = count + self.count_noise()
+        if self.distributed is not None:
+            summed, count = self.distributed.all_reduce(summed, count)
+        return summed, count
+
+    def gradient_noise(self, like: torch.Tensor) -> torch.Tensor:
+        std = self.config.noise_multiplier * self.clipper.sensitivity
+        return torch.normal(0.0, std, like.shape, generator=self.noise_gen, device=like.device, dtype=like.dtype)
+
+    def count_noise(self) -> torch.Tensor:
+        std = self.config.clipping.count_noise_std
+        return torch.normal(0.0, std, (1,), generator=self.noise_gen, device=self.device, dtype=torch.float64).cpu()
 
     def train_step(self) -> int:
         indices = self.sample_logical_batch()
         step_grads = self.compute_step_gradient(indices)
         for p, g in zip(self.params, step_grads):
-            p.grad = g
+            p.grad = g.to(p.dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
-        if self.plan.private:
-            self.accountant.step(noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate)
+        if self.accountant is not None:
+            self.accountant.step(noise_multiplier=self.budget.noise_multiplier, sample_rate=self.config.sample_rate)
         self.step += 1
         return len(indices)
 
     def _update_ema(self):
         if self.ema is None:
             return
-        decay = min(self.settings.ema_decay, (1 + self.step) / (10 + self.step))
+        decay = min(self.training.ema_decay, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
             for e, p in zip(self.ema, self.params):
                 e.lerp_(p.detach(), 1 - decay)
 
     # ------------------------------------------------------------------------------------ the loop
     def train(self, progress: bool = True, on_checkpoint: Optional[Callable[["DPTrainer"], None]] = None,
-              checkpoint_seconds: float = 30.0) -> TrainStats:
+              checkpoint_seconds: float = 30.0, on_step: Optional[Callable[["DPTrainer"], None]] = None) -> TrainStats:
         from tqdm.auto import tqdm
 
         self.model.train()
-        initial = [p.detach().clone() for p in self.params] if self.step == 0 and self.plan.private else None
-        bar = tqdm(total=self.plan.steps, initial=self.step, desc="  train", unit="step", disable=not progress,
+        initial = [p.detach().clone() for p in self.params] if self.step == 0 and self.config.private else None
+        bar = tqdm(total=self.config.steps, initial=self.step, desc="  train", unit="step", disable=not progress,
                    leave=False, dynamic_ncols=True)
         last_checkpoint = time.monotonic()
         start = time.perf_counter()
-        while self.step < self.plan.steps:
+        while self.step < self.config.steps:
             t0 = time.perf_counter()
             n = self.train_step()
             if self.device.type == "cuda":
@@ -251,9 +280,9 @@ class DPTrainer:
             self.stats.step_times.append(time.perf_counter() - t0)
             self.stats.examples += n
             bar.update(1)
-            if self.stats.losses:
-                bar.set_postfix(loss=f"{self.stats.losses[-1]:.4f}", batch=n)
-            if on_checkpoint and time.monotonic() - last_checkpoint >= checkpoint_seconds and self.step < self.plan.steps:
+            if on_step is not None:
+                on_step(self)
+            if on_checkpoint and time.monotonic() - last_checkpoint >= checkpoint_seconds and self.step < self.config.steps:
                 on_checkpoint(self)
                 last_checkpoint = time.monotonic()
         bar.close()
@@ -271,15 +300,15 @@ class DPTrainer:
             raise RuntimeError(f"trainable parameters never changed during DP training: {frozen[:5]}")
 
     def epsilon_spent(self) -> Optional[float]:
-        if not self.plan.private:
+        if self.accountant is None:
             return None
-        return epsilon_spent(self.plan.accountant, self.accountant.history, self.plan.delta)
+        return epsilon_spent(self.budget.accountant, self.accountant.history, self.budget.delta)
 
     def finish(self) -> None:
-        """Detach the hooks and load the EMA weights (what is sampled and evaluated)."""
-        if self.hooks is not None:
-            self.hooks.remove_hooks()
-            self.hooks = None
+        """Detach the backend and load the EMA weights (what is sampled and evaluated)."""
+        if self.backend is not None:
+            self.backend.remove()
+            self.backend = None
         if self.ema is not None:
             with torch.no_grad():
                 for p, e in zip(self.params, self.ema):
@@ -288,7 +317,9 @@ class DPTrainer:
 
     # ------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        """Everything needed to resume bit-exactly; loadable with ``torch.load(weights_only=True)``."""
+        """Everything needed to resume bit-exactly; loadable with ``torch.load(weights_only=True)``.
+
+        It holds the DP noise generator's state: a checkpoint is as private as the weights."""
         return {
             "step": self.step,
             "params": {n: p.detach().cpu() for n, p in self.named_params},
@@ -297,7 +328,8 @@ class DPTrainer:
             "sampling_gen": self.sampling_gen.get_state(),
             "diffusion_gen": self.diffusion_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(),
-            "accountant_history": [list(h) for h in self.accountant.history],
+            "clipper": self.clipper.state_dict(),
+            "accountant_history": [list(h) for h in self.accountant.history] if self.accountant else [],
             "losses": list(self.stats.losses),
             "examples": self.stats.examples,
             "train_seconds": self.stats.train_seconds,
@@ -313,15 +345,13 @@ class DPTrainer:
         self.sampling_gen.set_state(state["sampling_gen"])
         self.diffusion_gen.set_state(state["diffusion_gen"])
         self.noise_gen.set_state(state["noise_gen"])
-        self.accountant.history = [tuple(h) for h in state["accountant_history"]]
+        self.clipper.load_state_dict(state["clipper"])
+        if self.accountant is not None:
+            self.accountant.history = [tuple(h) for h in state["accountant_history"]]
         self.step = int(state["step"])
         self.stats.losses = list(state["losses"])
         self.stats.examples = int(state["examples"])
         self.stats.train_seconds = float(state["train_seconds"])
-
-
-def _derive(seed: int, stream: int) -> int:
-    return (int(seed) * 1_000_003 + stream * 7919) % (2**63 - 1)
 
 
 def prepare_model(pretrained: nn.Module, method, num_classes: int, device, dtype=torch.float32) -> nn.Module:
@@ -331,8 +361,6 @@ def prepare_model(pretrained: nn.Module, method, num_classes: int, device, dtype
     and only then does the caller build the optimiser and hooks (see DPTrainer) — adapters created
     before the move can be silently dropped from the optimiser (opacus#820).
     """
-    import copy
-
     from dpbench.models.diffusion import reset_class_embedding
 
     model = copy.deepcopy(pretrained).to(device=device, dtype=dtype)

@@ -185,14 +185,16 @@ def _recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int) -> float:
+def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
     model.eval()
-    correct = 0
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size].to(device)
-        pred = model(xb).argmax(dim=1).cpu()
-        correct += int((pred == y[start : start + batch_size]).sum())
-    return correct / x.shape[0]
+    return torch.cat([model(x[start : start + batch_size].to(device)).argmax(dim=1).cpu()
+                      for start in range(0, x.shape[0], batch_size)])
+
+
+def _per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
+    correct = torch.bincount(y[pred == y], minlength=num_classes).double()
+    total = torch.bincount(y, minlength=num_classes).double()
+    return [float(c / t) if t else float("nan") for c, t in zip(correct, total)]
 
 
 def train_and_evaluate(
@@ -208,18 +210,17 @@ def train_and_evaluate(
     lr: float,
     device: Union[str, torch.device] = "cpu",
     augment: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Train ``classifier`` on (train_x, train_y) once per seed; test the final model once on the test split.
 
     Images are float ``[N, C, H, W]`` in [-1, 1] (tensors or arrays), labels int ``[N]`` in
     ``[0, num_classes)``. Returns ``{"classifier", "accuracy"`` (mean over seeds, in [0, 1]),
     ``"accuracy_std"`` (population std over seeds; 0 for one seed), ``"accuracies"`` (per seed, in seed
-    order), ``"seeds"}``. No model selection ever uses the test split (see the module docstring).
+    order), ``"per_class_accuracy"`` (test accuracy per class, mean over seeds), ``"seeds"}``. No model selection ever uses the test split (see the module docstring).
     """
-    from dpbench.registry import CLASSIFIERS, load_builtin_entries
+    from dpbench.registry import CLASSIFIERS
 
-    if classifier not in CLASSIFIERS:
-        load_builtin_entries()
     factory = CLASSIFIERS.get(classifier)
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -237,7 +238,11 @@ def train_and_evaluate(
     device = torch.device(device)
     train_x_dev, train_y_dev = train_x.to(device), train_y.to(device)
     n = train_x.shape[0]
-    accuracies = []
+    from tqdm.auto import tqdm
+
+    accuracies, per_class = [], []
+    bar = tqdm(total=len(seeds) * epochs, desc="  classifier", unit="epoch", disable=not progress, leave=False,
+               dynamic_ncols=True)
     for seed in seeds:
         g = torch.Generator(device="cpu").manual_seed(seed)
         model = _build(factory, train_x.shape[1], num_classes, g).to(device)
@@ -256,13 +261,18 @@ def train_and_evaluate(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+            bar.update(1)
         _recalibrate_batchnorm(model, train_x_dev, max(batch_size, 2))
-        accuracies.append(_accuracy(model, test_x, test_y, device, max(batch_size, 512)))
+        pred = _predict(model, test_x, device, max(batch_size, 512))
+        accuracies.append(float((pred == test_y).double().mean()))
+        per_class.append(_per_class_accuracy(pred, test_y, num_classes))
+    bar.close()
 
     return {
         "classifier": classifier,
         "accuracy": float(np.mean(accuracies)),
         "accuracy_std": float(np.std(accuracies)),  # population std (ddof=0): 0.0 for a single seed
         "accuracies": [float(a) for a in accuracies],
+        "per_class_accuracy": [float(v) for v in np.mean(per_class, axis=0)],
         "seeds": seeds,
     }

@@ -63,10 +63,8 @@ def extract_features(
     ``backbone`` is a name registered in ``dpbench.registry.FID_BACKBONES`` (``random_cnn``, ``inception``).
     Images may live on any device; they are moved batch by batch to ``device``.
     """
-    from dpbench.registry import FID_BACKBONES, load_builtin_entries
+    from dpbench.registry import FID_BACKBONES
 
-    if backbone not in FID_BACKBONES:
-        load_builtin_entries()
     factory = FID_BACKBONES.get(backbone)
     images = _check_images(images)
     if batch_size <= 0:

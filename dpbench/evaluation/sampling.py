@@ -55,28 +55,44 @@ def sample_images(model, labels: torch.Tensor, *, scheduler: str = "ddim", steps
     return torch.cat(out)
 
 
-def save_grid(images: torch.Tensor, labels: torch.Tensor, path, per_class: int = 8) -> None:
-    """A PNG grid, one row per class (first ``per_class`` samples of each), written atomically."""
+def save_grid(images: torch.Tensor, labels: torch.Tensor, path, per_class: int = 8, real: tuple | None = None,
+              cell: int = 48, class_names: list[str] | None = None) -> None:
+    """A PNG grid, one row per class labelled at the left (the first ``per_class`` samples of each), written
+    atomically. ``real = (images, labels)`` puts two real images of each class at the start of its row,
+    set apart by a gap under a "real" header, so a reader can judge the samples against the data."""
     import io
 
-    from PIL import Image
-    from torchvision.utils import make_grid
+    from PIL import Image, ImageDraw
 
     from dpbench.results import write_bytes_atomic
 
-    rows = []
-    for c in sorted(labels.unique().tolist()):
-        picked = images[labels == c][:per_class]
-        if len(picked) < per_class:
-            picked = torch.cat([picked, -torch.ones(per_class - len(picked), *images.shape[1:])])
-        rows.append(picked)
-    grid = make_grid(torch.cat(rows), nrow=per_class, padding=1, pad_value=1.0, normalize=True, value_range=(-1, 1))
-    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    if array.shape[2] == 1:
-        array = array[:, :, 0]
-    image = Image.fromarray(array)
-    scale = max(1, 256 // image.width)
-    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    def tile(x: torch.Tensor) -> Image.Image:
+        array = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte()
+        array = array.permute(1, 2, 0).numpy()
+        img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+        return img.convert("RGB").resize((cell, cell), Image.NEAREST)
+
+    classes = sorted(labels.unique().tolist())
+    real_cols = 2 if real is not None else 0
+    label_w, gap, pad, head = 28, cell // 3 if real_cols else 0, 2, 16
+    width = label_w + real_cols * (cell + pad) + gap + per_class * (cell + pad)
+    height = head + len(classes) * (cell + pad)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x0 = label_w + real_cols * (cell + pad) + gap
+    if real_cols:
+        draw.text((label_w, 2), "real", fill="black")
+    draw.text((x0, 2), "samples", fill="black")
+    for row, c in enumerate(classes):
+        y = head + row * (cell + pad)
+        name = class_names[c] if class_names else str(c)
+        draw.text((4, y + cell // 2 - 6), name, fill="black")
+        if real_cols:
+            picks = real[0][real[1] == c][:real_cols]
+            for j, img in enumerate(picks):
+                canvas.paste(tile(img), (label_w + j * (cell + pad), y))
+        for j, img in enumerate(images[labels == c][:per_class]):
+            canvas.paste(tile(img), (x0 + j * (cell + pad), y))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    canvas.save(buffer, format="PNG")
     write_bytes_atomic(path, buffer.getvalue())

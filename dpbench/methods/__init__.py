@@ -15,14 +15,14 @@ from pathlib import Path
 from dpbench.registry import METHODS
 
 
-def _discover() -> None:
-    folder = Path(__file__).parent
-    for info in pkgutil.iter_modules([str(folder)]):
-        if info.name.startswith("_") or info.name == "base":
-            continue
-        source = (folder / f"{info.name}.py").read_text()
-        doc = ast.get_docstring(ast.parse(source)) or ""
-        METHODS.register(info.name, f"dpbench.methods.{info.name}:METHOD", doc.strip().splitlines()[0] if doc else "")
+def discover(registry=METHODS) -> None:
+    """Register every method module in the package's folders (``__path__``, which a plug-in may extend)."""
+    for folder in map(Path, __path__):
+        for info in pkgutil.iter_modules([str(folder)]):
+            if info.name.startswith("_") or info.name == "base":
+                continue
+            doc = ast.get_docstring(ast.parse((folder / f"{info.name}.py").read_text())) or ""
+            registry.register(info.name, f"dpbench.methods.{info.name}:METHOD", doc.strip().splitlines()[0] if doc else "")
 
 
-_discover()
+discover()

@@ -5,75 +5,100 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dpbench.config.suite import RunSpec, Suite, expand_runs
+from dpbench.config.suite import (ClippingSpec, MethodSpec, QuantileClipping, RunSpec, Suite, TrainingSettings,
+                                  expand_runs, run_config_hash)
 from dpbench.errors import UserError
-from dpbench.privacy.accounting import PrivacyPlan, make_plan
+from dpbench.privacy.accounting import ClippingRule, PrivacyPlan, make_plan
+from dpbench.results import format_epsilon, parse_epsilon
 
 
-@dataclass
+def clipping_rule(spec: ClippingSpec):
+    if spec == "auto":
+        return ClippingRule(mode="auto", max_grad_norm=1.0)
+    if isinstance(spec, QuantileClipping):
+        return ClippingRule(mode="quantile", max_grad_norm=spec.initial, target_quantile=spec.quantile,
+                            quantile_lr=spec.learning_rate, count_noise_std=spec.count_noise)
+    return ClippingRule(mode="fixed", max_grad_norm=float(spec))
+
+
+@dataclass(frozen=True)
 class PlannedRun:
     spec: RunSpec
     plan: PrivacyPlan
-    method_options: dict
-    lr: float
+    method: MethodSpec
+    training: TrainingSettings  # the suite's training settings with this method's learning rate
+    config_hash: str
 
     def as_row(self) -> dict:
-        p = self.plan
+        step, budget = self.plan.step, self.plan.budget
+        rule = step.clipping
         return {
             "run_id": self.spec.run_id, "dataset": self.spec.dataset, "method": self.spec.method,
-            "label": self.spec.method_key, "epsilon": "inf" if math.isinf(p.epsilon) else p.epsilon,
-            "seed": self.spec.seed, "delta": p.delta, "noise_multiplier": p.noise_multiplier,
-            "sample_rate": p.sample_rate, "steps": p.steps, "max_grad_norm": None if math.isinf(p.max_grad_norm) else p.max_grad_norm,
-            "noise_multiplicity": p.noise_multiplicity, "expected_batch_size": p.expected_batch_size,
-            "physical_batch_size": p.physical_batch_size, "accountant": p.accountant, "num_examples": p.num_examples,
-            "lr": self.lr, "options": self.method_options,
+            "label": self.spec.method_key, "epsilon": format_epsilon(budget.epsilon), "seed": self.spec.seed,
+            "delta": budget.delta, "noise_multiplier": budget.noise_multiplier,
+            "gradient_noise_multiplier": step.noise_multiplier, "sample_rate": step.sample_rate,
+            "steps": step.steps, "clipping": rule.mode,
+            "max_grad_norm": None if rule.mode in ("none", "auto") else rule.max_grad_norm,
+            "noise_multiplicity": step.noise_multiplicity, "expected_batch_size": step.expected_batch_size,
+            "physical_batch_size": step.physical_batch_size, "accountant": budget.accountant,
+            "num_examples": step.num_examples, "lr": self.training.lr, "options": self.method.options,
+            "config_hash": self.config_hash,
         }
 
 
-def apply_filters(runs: list[RunSpec], only: list[str]) -> list[RunSpec]:
-    """``--only key=value`` (repeatable; keys: method, label, epsilon, seed)."""
+def apply_filters(runs: list, only: list[str], spec=lambda r: r) -> list:
+    """``--only key=value`` (repeatable; keys: method, label, epsilon, seed). ``spec`` maps an item to its RunSpec."""
     for item in only:
         key, sep, value = item.partition("=")
         if not sep or key not in {"method", "label", "epsilon", "seed"}:
             raise UserError(f"--only {item!r}: use key=value with key one of method, label, epsilon, seed")
         if key == "method":
-            runs = [r for r in runs if value in (r.method, r.method_key)]
+            runs = [r for r in runs if value in (spec(r).method, spec(r).method_key)]
         elif key == "label":
-            runs = [r for r in runs if r.method_key == value]
+            runs = [r for r in runs if spec(r).method_key == value]
         elif key == "seed":
-            runs = [r for r in runs if str(r.seed) == value]
+            runs = [r for r in runs if str(spec(r).seed) == value]
         else:
             try:
-                target = float(value)
+                target = parse_epsilon(value)
             except ValueError:
                 raise UserError(f"--only {item!r}: epsilon must be a number or inf") from None
-            runs = [r for r in runs if r.epsilon == target]
+            runs = [r for r in runs if spec(r).epsilon == target]
         if not runs:
             raise UserError(f"--only {item!r} matches no run of the suite — see `dpbench validate SUITE`")
     return runs
 
 
 def check_names(suite: Suite) -> None:
-    """Every registry name used by the suite exists, and every method's options validate."""
-    from dpbench.registry import CLASSIFIERS, DATASETS, EXECUTORS, FID_BACKBONES, METHODS, PRESETS, load_builtin_entries
+    """Every registry name used by the suite exists and every method's options validate; all problems at once."""
+    from dpbench.registry import CLASSIFIERS, DATASETS, EXECUTORS, FID_BACKBONES, METHODS, PRESETS
 
-    load_builtin_entries()
-    for i, ref in enumerate([suite.data.private, suite.data.public]):
-        if ref is not None:
-            _named(DATASETS, ref.name, f"data.{'private' if i == 0 else 'public'}.name")
+    checks = [(DATASETS, suite.data.private.name, "data.private.name")]
+    if suite.data.public is not None:
+        checks.append((DATASETS, suite.data.public.name, "data.public.name"))
     if suite.model.preset:
-        _named(PRESETS, suite.model.preset, "model.preset")
-    _named(EXECUTORS, suite.executor, "executor")
-    _named(CLASSIFIERS, suite.evaluation.classifier, "evaluation.classifier")
-    _named(FID_BACKBONES, suite.evaluation.fid_backbone, "evaluation.fid_backbone")
-    for i, m in enumerate(suite.methods):
-        _named(METHODS, m.name, f"methods[{i}].name")
-        METHODS.get(m.name)(m.options)  # validates options
+        checks.append((PRESETS, suite.model.preset, "model.preset"))
+    checks += [(EXECUTORS, suite.executor, "executor"), (CLASSIFIERS, suite.evaluation.classifier, "evaluation.classifier"),
+               (FID_BACKBONES, suite.evaluation.fid_backbone, "evaluation.fid_backbone")]
+    checks += [(METHODS, m.name, f"methods[{i}].name") for i, m in enumerate(suite.methods)]
+    problems = []
+    for registry, name, field in checks:
+        try:
+            registry.check(name, field)
+        except UserError as err:
+            problems += err.problems
+    for m in suite.methods:
+        if m.name in METHODS:
+            try:
+                METHODS.get(m.name)(m.options)  # validates options
+            except UserError as err:
+                problems += err.problems
+    if problems:
+        raise UserError(problems)
 
 
-def _named(registry, name, field):
-    if name not in registry:
-        raise UserError(f"{field}: unknown {registry.kind} {name!r}{registry.suggestion(name)}")
+def method_training(suite: Suite, method: MethodSpec) -> TrainingSettings:
+    return suite.training.model_copy(update={"lr": method.lr or suite.training.lr})
 
 
 def plan_runs(suite: Suite, data_root: str | None = None, num_examples: int | None = None) -> list[PlannedRun]:
@@ -84,18 +109,32 @@ def plan_runs(suite: Suite, data_root: str | None = None, num_examples: int | No
     if num_examples is None:
         num_examples, _exact = dataset_train_size(suite.data.private, suite.data_root(suite.data.private, data_root))
     pv = suite.privacy
-    plans = {}
-    for eps in pv.epsilons:
-        eps = float(eps)
-        plans[eps] = make_plan(
-            epsilon=eps, delta=pv.delta, accountant=pv.accountant, num_examples=num_examples,
-            expected_batch_size=pv.expected_batch_size, epochs=pv.epochs, steps=pv.steps,
-            max_grad_norm=pv.max_grad_norm, noise_multiplicity=pv.noise_multiplicity,
-            physical_batch_size=pv.physical_batch_size,
-        )
-    methods = {m.key: m for m in suite.methods}
-    return [
-        PlannedRun(spec, plans[spec.epsilon], methods[spec.method_key].options,
-                   methods[spec.method_key].lr or suite.training.lr)
-        for spec in expand_runs(suite)
-    ]
+    plans, problems = {}, []
+
+    def plan_for(eps: float, method: MethodSpec):
+        rule = clipping_rule(method.max_grad_norm if method.max_grad_norm is not None else pv.max_grad_norm)
+        key = (eps, rule)
+        if key not in plans:
+            plans[key] = make_plan(
+                epsilon=eps, delta=pv.delta, accountant=pv.accountant, num_examples=num_examples,
+                expected_batch_size=pv.expected_batch_size, epochs=pv.epochs, steps=pv.steps, clipping=rule,
+                noise_multiplicity=pv.noise_multiplicity, physical_batch_size=pv.physical_batch_size)
+        return plans[key]
+
+    out = []
+    for spec in expand_runs(suite):
+        method = suite.methods[spec.method_index]
+        try:
+            plan = plan_for(spec.epsilon, method)
+        except UserError as err:
+            problems += [p for p in err.problems if p not in problems]
+            continue
+        out.append(PlannedRun(spec, plan, method, method_training(suite, method),
+                              run_config_hash(suite, spec, num_examples)))
+    if problems:
+        raise UserError(problems)
+    return out
+
+
+def is_private(run: PlannedRun) -> bool:
+    return math.isfinite(run.spec.epsilon)

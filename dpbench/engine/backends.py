@@ -1,0 +1,90 @@
+"""Per-example clipping backends: how the DP loop gets Σ_i w_i·g_i and the norms ‖g_i‖ for one chunk.
+
+Every backend implements one call, :meth:`ClippingBackend.weighted_sum`: run the forward (``loss_fn``
+returns the per-*example* losses), find each example's gradient norm over all trainable parameters,
+ask ``weights_fn`` for the weights (the clipping rule, :class:`dpbench.privacy.clipping.Clipper`), and
+return the weighted sum. Norms, weights and sums are float32 or wider, whatever the autocast dtype.
+
+- ``hooks`` / ``functorch``: Opacus' grad-sample hooks (with dpbench's registered channels_last conv
+  fix, dpbench/privacy/grad_samplers.py) materialise every per-example gradient, B × P.
+
+With weights e_i (one-hot) any backend returns example i's own gradient: the selfcheck and the tests
+use that to compare every backend with an explicit per-example loop.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+import torch.nn as nn
+
+from dpbench.privacy import grad_samplers  # noqa: F401  (registers the conv workaround)
+from dpbench.privacy.clipping import accumulation_dtype
+
+LossFn = Callable[[], torch.Tensor]
+WeightsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ClippingBackend(Protocol):
+    def weighted_sum(self, loss_fn: LossFn, weights_fn: WeightsFn) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(Σ_i w_i g_i per trainable parameter, norms ‖g_i‖ [b], losses [b] detached)."""
+
+    def remove(self) -> None:
+        """Detach whatever the backend attached to the model."""
+
+
+class OpacusBackend:
+    """Per-example gradients from Opacus' GradSampleHooks (or its functorch mode)."""
+
+    def __init__(self, model: nn.Module, named_params: list[tuple[str, nn.Parameter]], rows_per_example: int,
+                 functorch: bool = False):
+        from opacus.grad_sample.grad_sample_module import GradSampleHooks
+
+        self.named_params = named_params
+        self.rows_per_example = rows_per_example
+        self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="sum", force_functorch=functorch)
+
+    def per_example_gradients(self, loss_fn: LossFn) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One [b, *shape] tensor per trainable parameter (accumulation dtype), and the losses [b]."""
+        for _, p in self.named_params:
+            p.grad_sample = None
+            p.grad = None
+        losses = loss_fn()
+        losses.sum().backward()
+        b, k = len(losses), self.rows_per_example
+        grads = []
+        for name, p in self.named_params:
+            gs = p.grad_sample
+            if gs is None:
+                raise RuntimeError(f"no per-sample gradient for trainable parameter {name}")
+            if isinstance(gs, list):  # parameter used twice in one forward: Opacus keeps one entry per use
+                gs = torch.stack(gs).sum(0)
+            gs = gs.to(accumulation_dtype(p.dtype))
+            # Opacus yields one row per (example, copy); the K copies of one example sum to its gradient.
+            grads.append(gs.reshape(b, k, *p.shape).sum(1) if k > 1 else gs.reshape(b, *p.shape))
+            p.grad_sample = None
+            p.grad = None
+        return grads, losses.detach()
+
+    def weighted_sum(self, loss_fn, weights_fn):
+        grads, losses = self.per_example_gradients(loss_fn)
+        norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=1) for g in grads], dim=1).norm(2, dim=1)
+        weights = weights_fn(norms)
+        sums = [torch.einsum("i,i...->...", weights.to(g.dtype), g) for g in grads]
+        return sums, norms, losses
+
+    def disable(self) -> None:
+        self.hooks.disable_hooks()
+
+    def enable(self) -> None:
+        self.hooks.enable_hooks()
+
+    def remove(self) -> None:
+        self.hooks.remove_hooks()
+
+
+def make_backend(mode: str, model: nn.Module, named_params, rows_per_example: int) -> ClippingBackend:
+    if mode in ("hooks", "functorch"):
+        return OpacusBackend(model, named_params, rows_per_example, functorch=mode == "functorch")
+    raise ValueError(f"unknown grad_sample_mode {mode!r}")

@@ -1,0 +1,187 @@
+"""What the numbers say: the headline per ε, the verdict in words, pairwise method differences, metrics
+that carry no information at this scale, and Pareto fronts. Pure computation on a :class:`ResultGrid`.
+
+Differences between methods are paired within (ε, seed) (:func:`dpbench.reporting.stats.paired_difference`);
+an interval that contains 0 is "not significant", and with one seed nothing is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from dpbench.reporting.formatting import format_difference, format_number, significance
+from dpbench.reporting.grid import (Metric, ResultGrid, interval_of, mean_of, metric_value, paired_by_seed,
+                                    values_by_seed)
+from dpbench.reporting.stats import Interval, PairedDiff, format_interval, paired_difference
+from dpbench.results import display_epsilon
+
+ACCURACY = "downstream_accuracy"
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A method at ε minus its own ε = ∞ run: paired over seeds when at least two seeds ran both,
+    else the difference of the two means (no interval)."""
+
+    mean: float
+    paired: Optional[PairedDiff]
+
+    def text(self) -> str:
+        if self.paired is not None:
+            return format_difference(self.paired)
+        return f"{format_number(self.mean, 3)} (difference of means: fewer than two seeds ran both)"
+
+
+@dataclass(frozen=True)
+class Headline:
+    epsilon: float
+    best: str
+    accuracy: Interval
+    gain_over_pretrained: Optional[PairedDiff]
+    gap_to_nonprivate: Optional[Gap]
+    comparisons: tuple[tuple[str, PairedDiff], ...]  # (other method, best − other)
+
+
+def headlines(grid: ResultGrid) -> list[Headline]:
+    """Per finite ε with accuracies: the method with the highest mean accuracy, and how sure that is."""
+    return [h for h in (_headline(grid, eps) for eps in grid.finite_epsilons) if h is not None]
+
+
+def _headline(grid: ResultGrid, eps: float) -> Optional[Headline]:
+    means = {m: mean_of(grid.cell(m, eps), ACCURACY) for m in grid.methods}
+    ranked = [m for m in grid.methods if means[m] is not None]
+    if not ranked:
+        return None
+    best = max(ranked, key=lambda m: means[m])
+    runs = grid.cell(best, eps)
+    pretrained = grid.baselines.pretrained_accuracy if grid.baselines else None
+    gain = None
+    if pretrained is not None:
+        accuracies = values_by_seed(runs, ACCURACY)
+        gain = paired_difference(accuracies, {seed: pretrained for seed in accuracies})
+    comparisons = []
+    for other in ranked:
+        diff = paired_by_seed(runs, grid.cell(other, eps), ACCURACY) if other != best else None
+        if diff is not None:
+            comparisons.append((other, diff))
+    return Headline(eps, best, interval_of(runs, ACCURACY), gain, _gap(grid, best, eps), tuple(comparisons))
+
+
+def _gap(grid: ResultGrid, method: str, eps: float) -> Optional[Gap]:
+    private, reference = grid.cell(method, eps), grid.cell(method, math.inf)
+    private_mean, reference_mean = mean_of(private, ACCURACY), mean_of(reference, ACCURACY)
+    if private_mean is None or reference_mean is None:
+        return None
+    paired = paired_by_seed(private, reference, ACCURACY)
+    if paired is None or paired.n < 2:
+        return Gap(private_mean - reference_mean, None)
+    return Gap(paired.mean, paired)
+
+
+def pairwise_differences(grid: ResultGrid, eps: float, metric: Metric = ACCURACY) -> list[tuple[str, str, PairedDiff]]:
+    """Every pair of methods at ε, in suite order: (a, b, a − b paired over their common seeds)."""
+    out = []
+    for i, a in enumerate(grid.methods):
+        for b in grid.methods[i + 1:]:
+            diff = paired_by_seed(grid.cell(a, eps), grid.cell(b, eps), metric)
+            if diff is not None:
+                out.append((a, b, diff))
+    return out
+
+
+def verdict(grid: ResultGrid, found: Sequence[Headline]) -> str:
+    """The headline in one paragraph of plain language, generated from the numbers above it."""
+    if not found:
+        return "No private (finite ε) run recorded a downstream accuracy: there is nothing to rank."
+    sentences = [_verdict_sentence(h) for h in found]
+    if grid.max_seeds == 1:
+        sentences.append("Each method and ε ran with one seed only, so there are no intervals and no difference "
+                         "can be called significant: run more seeds before drawing conclusions.")
+    return " ".join(sentences)
+
+
+def _verdict_sentence(h: Headline) -> str:
+    text = (f"At ε = {display_epsilon(h.epsilon)}, {h.best} has the highest mean accuracy "
+            f"({format_interval(h.accuracy)}, {h.accuracy.n} seed{'s' if h.accuracy.n != 1 else ''})")
+    if h.gain_over_pretrained is not None:
+        gain = h.gain_over_pretrained
+        direction = "above" if gain.mean >= 0 else "below"
+        text += f", {format_number(abs(gain.mean), 3)} {direction} the pretrained model ({significance(gain)})"
+    verdicts = {True: [], False: [], None: []}
+    for other, diff in h.comparisons:
+        verdicts[diff.significant].append(other)
+    if verdicts[True]:
+        text += f"; it is significantly ahead of {_join(verdicts[True])}"
+    if verdicts[False]:
+        text += f"; its lead over {_join(verdicts[False])} is not significant: they tie with it at this ε"
+    if verdicts[None]:
+        text += f"; its lead over {_join(verdicts[None])} rests on one seed and cannot be called significant"
+    if h.gap_to_nonprivate is not None:
+        gap = h.gap_to_nonprivate
+        change = f"{format_number(abs(gap.mean), 3)} {'below' if gap.mean < 0 else 'above'}"
+        paired = f" ({significance(gap.paired)})" if gap.paired else " (means, not paired)"
+        text += f"; it is {change} its own non-private (ε = ∞) run{paired}"
+    return text + "."
+
+
+def _join(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def uninformative_metrics(grid: ResultGrid, metrics: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Metrics worth a column, and notes for the others: never recorded, or one value for every run
+    (precision/recall are 0 everywhere at small scale, say), which a column of copies would hide."""
+    constant: dict[str, list[str]] = {}
+    absent = []
+    for metric in metrics:
+        values = {metric_value(run, metric) for run in grid.runs} - {None}
+        if not values:
+            absent.append(metric)
+        elif len(values) == 1 and len(grid.runs) > 1:
+            constant.setdefault(format_number(values.pop()), []).append(metric)
+    notes = [f"{'/'.join(names)} {'is' if len(names) == 1 else 'are'} {value} for every run at this scale: "
+             "not informative" for value, names in constant.items()]
+    if absent:
+        notes.append(f"{'/'.join(absent)}: not recorded for any run")
+    flagged = set(absent).union(*constant.values())
+    return [m for m in metrics if m not in flagged], notes
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    method: str
+    cost: float
+    accuracy: float
+    optimal: bool
+
+
+def pareto_points(grid: ResultGrid, eps: float, cost: Metric, lower_cost_is_better: bool) -> list[ParetoPoint]:
+    """Per method at ε (means over seeds): cost, accuracy, and whether no other method is at least as
+    good on both and better on one."""
+    points = [(m, mean_of(grid.cell(m, eps), cost), mean_of(grid.cell(m, eps), ACCURACY)) for m in grid.methods]
+    points = [(m, c, a) for m, c, a in points if c is not None and a is not None]
+    sign = 1 if lower_cost_is_better else -1
+
+    def dominated(c: float, a: float) -> bool:
+        return any(sign * c2 <= sign * c and a2 >= a and (sign * c2 < sign * c or a2 > a) for _, c2, a2 in points)
+
+    return [ParetoPoint(m, c, a, not dominated(c, a)) for m, c, a in points]
+
+
+def seeded_noise_warning(grid: ResultGrid) -> Optional[str]:
+    """Runs whose DP noise was derived from the seed are reproducible by anyone who knows the seed."""
+    seeded = [run.run_id for run in grid.runs + grid.failed if run.noise_source == "seeded"]
+    if not seeded:
+        return None
+    return (f"Not a DP release: the noise was derived from the seed in {len(seeded)} run"
+            f"{'s' if len(seeded) != 1 else ''} ({', '.join(seeded)}). Anyone who knows the seed can remove it; "
+            "these results measure utility under DP-shaped noise, not privacy.")
+
+
+def single_seed_note(grid: ResultGrid) -> Optional[str]:
+    if grid.max_seeds != 1:
+        return None
+    return ("One seed per method and ε: there are no intervals, and no difference between methods can be "
+            "called significant.")

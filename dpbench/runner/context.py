@@ -1,0 +1,102 @@
+"""What the runs of one suite invocation share, and how a worker process rebuilds it.
+
+:class:`RunnerSettings` is small and picklable: a Ray task or a torchrun rank rebuilds the whole
+:class:`RunContext` from it (the suite file, the results root, the data root, the cache, the device),
+so nothing unpicklable ever crosses a process boundary. The context loads the private data once and
+the pretrained model, the FID reference features and the memory probes lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from dpbench.config.suite import Suite, load_suite
+from dpbench.results import check_name
+
+log = logging.getLogger("dpbench")
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    suite_path: str
+    results_root: str = "results"
+    data_root: Optional[str] = None
+    cache_dir: Optional[str] = None
+    device: Optional[str] = None  # None: the suite's device
+    progress: bool = False
+
+
+@dataclass
+class RunContext:
+    settings: RunnerSettings
+    suite: Suite
+    device: torch.device
+    results_dir: Path
+    train: tuple = None
+    test: tuple = None
+    num_classes: int = 0
+    _pretrained: object = None
+    _reference_features: object = None
+    memory_probes: dict = field(default_factory=dict)  # (method key, physical batch, private, K) -> memory dict
+
+    @classmethod
+    def build(cls, settings: RunnerSettings, suite: Suite | None = None) -> "RunContext":
+        from dpbench.data.base import dataset_num_classes, load_dataset
+        from dpbench.runner.devices import resolve_device
+
+        suite = suite or load_suite(settings.suite_path)
+        device = resolve_device(settings.device or suite.device)
+        results_dir = Path(settings.results_root) / check_name(suite.name, "name")
+        ctx = cls(settings, suite, device, results_dir)
+        root = suite.data_root(suite.data.private, settings.data_root)
+        ctx.train = load_dataset(suite.data.private, root, "train", download=suite.data.download)
+        ctx.test = load_dataset(suite.data.private, root, "test", download=suite.data.download)
+        ctx.num_classes = dataset_num_classes(suite.data.private, root)
+        return ctx
+
+    @property
+    def progress(self) -> bool:
+        return self.settings.progress
+
+    @property
+    def pretrained(self):
+        """The suite's pretrained model (from the cache, or trained now)."""
+        if self._pretrained is None:
+            import time
+
+            from dpbench.models.pretrain import load_pretrained
+
+            start = time.perf_counter()
+            self._pretrained = load_pretrained(self.suite, data_root=self.settings.data_root,
+                                               cache_dir=self.settings.cache_dir, device=str(self.device),
+                                               progress=self.progress)
+            log.info("pretrained model %s (%.1fs)", self._pretrained.source, time.perf_counter() - start)
+        return self._pretrained
+
+    def public_batch(self, n: int = 64) -> Optional[tuple]:
+        """A fixed batch of public images (for diagnostics that must not touch private data), or None."""
+        public = self.suite.data.public
+        if public is None:
+            return None
+        from dpbench.data.base import load_dataset
+
+        images, labels = load_dataset(public, self.suite.data_root(public, self.settings.data_root), "train",
+                                      download=self.suite.data.download)
+        gen = torch.Generator().manual_seed(0)
+        pick = torch.randperm(len(images), generator=gen)[:n]
+        return images[pick], labels[pick] % self.num_classes
+
+    def reference_features(self):
+        """FID reference features of the real split the suite compares against (computed once)."""
+        if self._reference_features is None:
+            from dpbench.evaluation.features import extract_features
+
+            e = self.suite.evaluation
+            images = (self.train if e.fid_reference_split == "train" else self.test)[0][: e.fid_max_reference]
+            self._reference_features = extract_features(e.fid_backbone, images, device=str(self.device))
+        return self._reference_features
