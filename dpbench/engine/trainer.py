@@ -131,6 +131,9 @@ class DPTrainer:
         self.accountant = make_accountant(budget.accountant) if budget is not None and step.private else None
         self.step = 0
         self.stats = TrainStats()
+        # Called with each step's released gradient (noised, averaged: what the DP guarantee covers),
+        # before the optimiser uses it; the audit observes the mechanism's output through this.
+        self.release_observers: list[Callable[[int, list[torch.Tensor]], None]] = []
         self.autocast_dtype = autocast_dtype(self.device, training.mixed_precision) if self.dtype == torch.float32 else None
 
     # ----------------------------------------------------------------------------------------- setup
@@ -243,6 +246,8 @@ class DPTrainer:
     def train_step(self) -> int:
         indices = self.sample_logical_batch()
         step_grads = self.compute_step_gradient(indices)
+        for observe in self.release_observers:
+            observe(self.step, step_grads)
         for p, g in zip(self.params, step_grads):
             p.grad = g.to(p.dtype)
         self.optimizer.step()
