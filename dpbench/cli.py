@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--find-max-batch", action="store_true", help="CUDA only: also search the largest batch that fits")
     _add_common(p)
 
+    p = sub.add_parser("tune", help="choose each method's lr (and C when fixed) on a proxy task of public data only")
+    p.add_argument("suite", help=SUITE_HELP)
+    p.add_argument("--methods", help="comma-separated method labels (default: all)")
+    p.add_argument("--epsilon", help="the ε to tune at (default: the suite's largest finite ε)")
+    p.add_argument("--lrs", help="comma-separated learning rates (default: the suite's lr × 1/4 … 4)")
+    p.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds per candidate (default 0)")
+    p.add_argument("--results-dir", default="results", help="results root; the sweep goes to DIR/<suite>/tune/")
+    _add_common(p)
+
     p = sub.add_parser("regress", help="compare memory/throughput with a baseline; exit 1 on regression")
     p.add_argument("current", help="profile JSON, suite results dir, or a folder of those")
     p.add_argument("--baseline", required=True, help="the same kind of input to compare against")
@@ -288,7 +297,28 @@ def cmd_regress(args) -> int:
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
-COMMANDS = {"run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "pretrain": cmd_pretrain,
+def cmd_tune(args) -> int:
+    from dpbench.config.suite import resolve_suite_path
+    from dpbench.reporting.tables import text_table
+    from dpbench.runner.context import RunnerSettings
+    from dpbench.runner.tune import tune
+
+    path = resolve_suite_path(args.suite)
+    settings = RunnerSettings(suite_path=str(path), results_root=args.results_dir, data_root=args.data_root,
+                              cache_dir=args.cache_dir, device=args.device, progress=args.progress)
+    lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
+    seeds = [int(v) for v in args.seeds.split(",")]
+    folder, record = _in_file(path, tune, settings, methods=args.methods.split(",") if args.methods else None,
+                              epsilon=args.epsilon, lrs=lrs, seeds=seeds)
+    rows = [[c.method_label, c.lr, c.clipping, "—" if c.proxy_accuracy is None else f"{c.proxy_accuracy:.3f}",
+             "—" if c.proxy_fid is None else f"{c.proxy_fid:.1f}", "selected" if c.selected else ""]
+            for c in record.candidates]
+    print(text_table(["method", "lr", "clipping", "proxy accuracy", "proxy FID", ""], rows))
+    print(f"sweep: {folder / 'tune.json'}\ntuned suite: {folder / record.tuned_suite}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "tune": cmd_tune, "ls": cmd_ls, "validate": cmd_validate, "pretrain": cmd_pretrain,
             "selfcheck": cmd_selfcheck, "report": cmd_report, "profile": cmd_profile, "regress": cmd_regress}
 
 if __name__ == "__main__":

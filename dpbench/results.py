@@ -307,6 +307,30 @@ class SelfcheckReport(Provenance):
     methods: list[SelfcheckMethod]
 
 
+class TuneCandidate(Record):
+    method_label: str = Field(description="the suite's method label")
+    method: str
+    lr: float
+    clipping: str = Field(description="auto, quantile, or the fixed C as a number")
+    run_ids: list[str] = Field(default_factory=list, description="the proxy runs (tune/runs/<run_id>)")
+    proxy_accuracy: Optional[float] = Field(None, description="mean downstream accuracy on the proxy test split")
+    proxy_fid: Optional[float] = None
+    selected: bool = False
+
+
+class TuneResult(Provenance):
+    """``dpbench tune``: learning rates (and C when fixed) chosen on a proxy task made of public data only."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["dpbench-tune"] = "dpbench-tune"
+    suite: str
+    proxy: str = Field(description="how the proxy task was built from the public data")
+    epsilon: Epsilon = Field(description="the ε the sweep ran at (the suite's q and T)")
+    seeds: list[int]
+    candidates: list[TuneCandidate]
+    tuned_suite: str = Field(description="the suite with the selected values, relative to the tune folder")
+
+
 # ------------------------------------------------------------------------------------------ I/O
 M = TypeVar("M", bound=BaseModel)
 

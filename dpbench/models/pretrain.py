@@ -67,7 +67,15 @@ def load_pretrained(suite: Suite, *, data_root: str | None = None, cache_dir: st
     public = suite.data.public
     root = suite.data_root(public, data_root)
     num_classes = dataset_num_classes(public, root)
-    spec = pretrain_spec(suite, num_classes)
+    return pretrain_cached(suite, pretrain_spec(suite, num_classes),
+                           lambda: load_dataset(public, root, "train", download=suite.data.download), num_classes,
+                           cache_dir=cache_dir, device=device, progress=progress, force=force)
+
+
+def pretrain_cached(suite: Suite, spec: dict, load_images, num_classes: int, *, cache_dir: str | None = None,
+                    device: str = "cpu", progress: bool = True, force: bool = False) -> PretrainedModel:
+    """The model pretrained on ``load_images()`` with the suite's settings, cached under the hash of ``spec``
+    (which must name everything that determines the weights, the data included)."""
     key = stable_hash(spec)
     path = cache_root(cache_dir) / "pretrained" / key
     if path.is_dir() and not force:
@@ -76,7 +84,7 @@ def load_pretrained(suite: Suite, *, data_root: str | None = None, cache_dir: st
         start = time.perf_counter()
         model = UNet2DModel.from_pretrained(str(path))
         return PretrainedModel(model, f"cache:{key}", str(path), True, time.perf_counter() - start)
-    images, labels = load_dataset(public, root, "train", download=suite.data.download)
+    images, labels = load_images()
     start = time.perf_counter()
     model, final_loss = pretrain(suite, images, labels, num_classes, device=device, progress=progress)
     seconds = time.perf_counter() - start
@@ -95,7 +103,9 @@ def pretrain(suite: Suite, images: torch.Tensor, labels: torch.Tensor, num_class
     model = build_unet(suite.model.preset, images.shape[-1], images.shape[1], num_classes).to(device)
     scheduler = make_noise_scheduler(suite.model.num_train_timesteps, suite.model.beta_schedule)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr)
-    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.05)
+    # warm-up over 5% of the steps (at least 2: OneCycleLR divides by the warm-up length)
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=settings.steps,
+                                                      pct_start=min(0.5, max(0.05, 2.0 / settings.steps)))
     gen = torch.Generator().manual_seed(settings.seed)
     images, labels = images.to(device), labels.to(device)
     model.train()

@@ -1,0 +1,177 @@
+"""`dpbench tune SUITE`: each method's learning rate (and C when clipping is fixed), chosen without
+touching private data.
+
+Tuning on the private test set spends privacy no accountant sees, and tuning on the private training
+set is worse. So the sweep runs on a **proxy task made of public data only**: the suite's public
+training set, shuffled with a fixed seed, is split into
+
+- a proxy *private* training set of exactly N examples (the private set's size, so q = B/N, T and σ
+  are the suite's own at the chosen ε),
+- a proxy test split (classifier accuracy and FID are measured on it),
+- the rest, on which a proxy model is pretrained with the suite's pretraining settings (cached), so
+  the proxy private examples are never seen in pretraining — as in the real task.
+
+Labels are the public classes; with more public classes than private ones, only the first K public
+classes are kept. Every candidate (method × lr × C) is a real run of the suite's DP loop; the
+candidate with the highest mean proxy accuracy is selected per method. Output under
+``<results>/<suite>/tune/``: the runs, ``tune.json`` (:class:`dpbench.results.TuneResult`) and
+``<suite>-tuned.yaml``, the suite with the selected values and a header saying where they came from.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import yaml
+
+from dpbench.config.suite import DatasetRef, MethodSpec, Suite, load_suite, stable_hash
+from dpbench.errors import UserError
+from dpbench.results import (TuneCandidate, TuneResult, check_name, display_epsilon, format_epsilon, parse_epsilon,
+                             write_bytes_atomic, write_model)
+from dpbench.runner.context import RunContext, RunnerSettings
+
+log = logging.getLogger("dpbench")
+
+PROXY_SEED = 0
+DEFAULT_LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+FIXED_LR_FACTORS = (0.25, 1.0, 4.0)
+FIXED_C_FACTORS = (0.01, 0.1, 1.0)
+
+
+def proxy_split(images: torch.Tensor, labels: torch.Tensor, num_classes: int, train_size: int) -> dict:
+    """Disjoint proxy splits of the public data: pretrain, train (N examples), test."""
+    keep = labels < num_classes
+    if int(labels.max()) + 1 < num_classes:
+        raise UserError(f"tune: the public data has {int(labels.max()) + 1} classes, fewer than the private data's "
+                        f"{num_classes} — the proxy task needs at least as many")
+    images, labels = images[keep], labels[keep]
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(PROXY_SEED))
+    test_size = min(2000, max(num_classes * 20, (len(images) - train_size) // 5))
+    if len(images) < train_size + test_size + 1000:
+        raise UserError(f"tune: the public set ({len(images)} examples in the first {num_classes} classes) is too small "
+                        f"for a proxy of the private size N={train_size} plus a test split and a pretraining set")
+    parts = {"train": order[:train_size], "test": order[train_size:train_size + test_size],
+             "pretrain": order[train_size + test_size:]}
+    return {name: (images[idx], labels[idx]) for name, idx in parts.items()}
+
+
+def candidates(method: MethodSpec, suite: Suite, lrs: list[float] | None) -> list[tuple[float, object]]:
+    """(lr, clipping spec) pairs to try for one method."""
+    base_lr = method.lr or suite.training.lr
+    clipping = method.max_grad_norm if method.max_grad_norm is not None else suite.privacy.max_grad_norm
+    fixed = isinstance(clipping, (int, float)) and not isinstance(clipping, bool)
+    grid = lrs or [base_lr * f for f in (FIXED_LR_FACTORS if fixed else DEFAULT_LR_FACTORS)]
+    clips = [clipping * f for f in FIXED_C_FACTORS] if fixed else [clipping]
+    return [(float(f"{lr:.3g}"), c) for lr in grid for c in clips]
+
+
+def _label(method: MethodSpec, lr: float, clipping) -> str:
+    clip = "" if not isinstance(clipping, (int, float)) else f"-C{clipping:.3g}"
+    return check_name(f"{method.key}-lr{lr:.3g}{clip}", "tune candidate")
+
+
+def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon: str | None = None,
+         lrs: list[float] | None = None, seeds: list[int] | None = None) -> tuple[Path, TuneResult]:
+    from dpbench.data.base import dataset_num_classes, dataset_train_size, load_dataset
+    from dpbench.models.pretrain import pretrain_cached, pretrain_spec
+    from dpbench.provenance import provenance
+    from dpbench.runner.cell import run_cell
+    from dpbench.runner.devices import resolve_device
+    from dpbench.runner.plan import plan_runs
+
+    suite = load_suite(settings.suite_path)
+    public = suite.data.public
+    if public is None or suite.model.preset is None:
+        raise UserError(f"{settings.suite_path}: tune builds its proxy task from data.public and pretrains a proxy "
+                        "model from model.preset — add both")
+    finite = [float(e) for e in suite.privacy.epsilons if e != "inf"]
+    if not finite:
+        raise UserError(f"{settings.suite_path}: privacy.epsilons has no finite ε to tune at")
+    eps = parse_epsilon(epsilon) if epsilon is not None else max(finite)
+    chosen = [m for m in suite.methods if not methods or m.key in methods or m.name in methods]
+    if not chosen:
+        raise UserError(f"--methods {','.join(methods)}: matches no method of the suite")
+    private_root = suite.data_root(suite.data.private, settings.data_root)
+    n, _ = dataset_train_size(suite.data.private, private_root)  # N is public (threat model); no private data loaded
+    num_classes = dataset_num_classes(suite.data.private, private_root)
+    public_root = suite.data_root(public, settings.data_root)
+    splits = proxy_split(*load_dataset(public, public_root, "train", download=suite.data.download), num_classes, n)
+
+    proxy_name = f"proxy-{public.name}"
+    proxy_methods = [MethodSpec(name=m.name, label=_label(m, lr, c), options=m.options, lr=lr, max_grad_norm=c)
+                     for m in chosen for lr, c in candidates(m, suite, lrs)]
+    proxy_ref = DatasetRef(name=public.name, image_size=public.image_size, channels=public.channels,
+                           options=public.options)
+    proxy_suite = suite.model_copy(update={
+        "seeds": seeds or [0], "methods": proxy_methods,
+        "privacy": suite.privacy.model_copy(update={"epsilons": [eps]}),
+        "data": suite.data.model_copy(update={"private": proxy_ref, "label": f"proxy task from {public.name}"}),
+        "evaluation": suite.evaluation.model_copy(update={"real_data_ceiling": False}),
+    })
+    device = resolve_device(settings.device or suite.device)
+    tune_dir = Path(settings.results_root) / check_name(suite.name, "name") / "tune"
+    ctx = RunContext(settings, proxy_suite, device, tune_dir)
+    ctx.train, ctx.test, ctx.num_classes = splits["train"], splits["test"], num_classes
+    spec = {**pretrain_spec(suite, num_classes), "proxy": {"seed": PROXY_SEED, "held_out": n + len(ctx.test[0]),
+                                                          "classes": num_classes}}
+    ctx._pretrained = pretrain_cached(suite, spec, lambda: splits["pretrain"], num_classes,
+                                      cache_dir=settings.cache_dir, device=str(device), progress=settings.progress)
+    log.info("dpbench tune: %d candidates × %d seed(s) at ε=%s on a proxy of %s (N=%d, test %d, pretrain %d)",
+             len(proxy_methods), len(proxy_suite.seeds), display_epsilon(eps), public.name, n, len(ctx.test[0]),
+             len(splits["pretrain"][0]))
+    results = {}
+    for planned in plan_runs(proxy_suite, settings.data_root, num_examples=n):
+        results.setdefault(planned.spec.method_key, []).append(run_cell(ctx, planned))
+    owner = {p.key: m.key for m in chosen for p in proxy_methods if p.key.startswith(f"{m.key}-lr")}
+    rows = _rank(chosen, proxy_methods, owner, results)
+    tuned_name = f"{suite.name}-tuned.yaml"
+    record = TuneResult(suite=suite.name, proxy=f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, "
+                        f"{len(ctx.test[0])} proxy-test, {len(splits['pretrain'][0])} pretraining examples; "
+                        f"classes 0..{num_classes - 1}", epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
+                        tuned_suite=tuned_name, **provenance(device))
+    write_model(tune_dir / "tune.json", record, inside=tune_dir)
+    write_bytes_atomic(tune_dir / tuned_name, _tuned_yaml(settings.suite_path, record).encode(), inside=tune_dir)
+    return tune_dir, record
+
+
+def _rank(chosen: list[MethodSpec], proxy_methods: list[MethodSpec], owner: dict, results: dict) -> list[TuneCandidate]:
+    """One row per candidate; the best mean proxy accuracy of each method is marked selected."""
+    rows = []
+    for method in chosen:
+        group = []
+        for p in proxy_methods:
+            if owner.get(p.key) != method.key:
+                continue
+            runs = [r for r in results.get(p.key, []) if r.status == "ok" and r.downstream_accuracy is not None]
+            acc = sum(r.downstream_accuracy for r in runs) / len(runs) if runs else None
+            fid = sum(r.fid for r in runs) / len(runs) if runs else None
+            group.append(TuneCandidate(method_label=method.key, method=method.name, lr=p.lr,
+                                       clipping=str(p.max_grad_norm if not hasattr(p.max_grad_norm, "quantile")
+                                                    else f"quantile {p.max_grad_norm.quantile}"),
+                                       run_ids=[r.run_id for r in results.get(p.key, [])], proxy_accuracy=acc,
+                                       proxy_fid=fid))
+        scored = [c for c in group if c.proxy_accuracy is not None]
+        if scored:
+            max(scored, key=lambda c: c.proxy_accuracy).selected = True
+        rows += group
+    return rows
+
+
+def _tuned_yaml(suite_path: str, record: TuneResult) -> str:
+    raw = yaml.safe_load(Path(suite_path).read_text())
+    selected = {c.method_label: c for c in record.candidates if c.selected}
+    for entry in raw["methods"]:
+        pick = selected.get(entry.get("label") or entry["name"])
+        if pick is None:
+            continue
+        entry["lr"] = pick.lr
+        try:
+            entry["max_grad_norm"] = float(pick.clipping)
+        except ValueError:
+            pass  # auto / quantile: unchanged
+    header = (f"# Learning rates (and C where clipping is fixed) selected by `dpbench tune` at ε={format_epsilon(record.epsilon)}\n"
+              f"# on a proxy task made of public data only: {record.proxy}.\n"
+              f"# Sweep: tune.json beside this file ({stable_hash(record.model_dump(mode='json'))}).\n")
+    return header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,63 @@
+"""`dpbench tune`: candidates run on a proxy task of public data only; the best is selected and written."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from dpbench.cli import main
+from dpbench.results import TuneResult, read_model
+
+SUITE = {
+    "name": "tunable",
+    "data": {"private": {"name": "digits", "image_size": 8, "channels": 1},
+             "public": {"name": "shapes", "image_size": 8, "channels": 1, "options": {"size": 3200}}},
+    "model": {"preset": "tiny"},
+    "pretrain": {"steps": 20, "batch_size": 32, "lr": 0.003},
+    "privacy": {"epsilons": [4, 8, "inf"], "delta": 1e-4, "accountant": "rdp", "expected_batch_size": 64, "steps": 3,
+                "max_grad_norm": "auto", "physical_batch_size": 64},
+    "methods": [{"name": "bias", "lr": 0.01}, {"name": "lora", "lr": 0.002, "max_grad_norm": 0.5}],
+    "training": {"ema_decay": None},
+    "sampling": {"steps": 3, "num_samples": 40, "batch_size": 40, "grid_per_class": 1},
+    "evaluation": {"classifier_seeds": [0], "classifier_epochs": 1, "fid_max_reference": 100},
+}
+
+
+def test_tune_selects_on_a_public_proxy_and_writes_a_tuned_suite(tmp_path, monkeypatch, capsys):
+    import dpbench.data.base as data_base
+
+    loaded = []
+    real_load = data_base.load_dataset
+
+    def recording_load(ref, *args, **kwargs):
+        loaded.append(ref.name)
+        return real_load(ref, *args, **kwargs)
+
+    monkeypatch.setattr(data_base, "load_dataset", recording_load)
+    path = tmp_path / "tunable.yaml"
+    path.write_text(yaml.safe_dump(SUITE))
+    assert main(["tune", str(path), "--lrs", "0.001,0.03", "--no-progress", "--results-dir", str(tmp_path / "out")]) == 0
+    assert "digits" not in loaded, "tuning never loads the private data"
+    folder = tmp_path / "out" / "tunable" / "tune"
+    record = read_model(folder / "tune.json", TuneResult)
+    assert record.epsilon == 8, "default: the largest finite ε"
+    by_method = {}
+    for c in record.candidates:
+        by_method.setdefault(c.method_label, []).append(c)
+    assert len(by_method["bias"]) == 2, "auto clipping: one candidate per lr"
+    assert len(by_method["lora"]) == 2 * 3, "fixed C: lr × C grid"
+    for rows in by_method.values():
+        assert sum(c.selected for c in rows) == 1
+        best = max(rows, key=lambda c: c.proxy_accuracy)
+        assert best.selected
+    for c in record.candidates:
+        for run_id in c.run_ids:
+            result = json.loads((folder / "runs" / run_id / "result.json").read_text())
+            assert result["dataset"] == "shapes" and result["epsilon"] == 8
+    tuned = yaml.safe_load((folder / record.tuned_suite).read_text())
+    chosen = {c.method_label: c for c in record.candidates if c.selected}
+    assert {m["name"]: m["lr"] for m in tuned["methods"]} == {k: c.lr for k, c in chosen.items()}
+    assert tuned["methods"][1]["max_grad_norm"] == float(chosen["lora"].clipping)
+    assert (folder / record.tuned_suite).read_text().startswith("# Learning rates")
+    assert "selected" in capsys.readouterr().out
