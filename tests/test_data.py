@@ -268,3 +268,16 @@ def test_imagefolder_round_trip_with_pngs(tmp_path):
         load_dataset(ref("imagefolder", 8, 3, path=str(folder)), None, "test")
     with pytest.raises(UserError, match=str(tmp_path / "nowhere" / "train")):
         load_dataset(ref("imagefolder", 8, 3, path=str(tmp_path / "nowhere")), None, "train")
+
+
+def test_train_subset_is_a_fixed_public_shuffle(shared_data):
+    full, _ = load_dataset(ref("fashion_mnist", 16, 1), str(shared_data), "train")
+    x, y = load_dataset(ref("fashion_mnist", 16, 1, train_subset=1000), str(shared_data), "train")
+    again, _ = load_dataset(ref("fashion_mnist", 16, 1, train_subset=1000), str(shared_data), "train")
+    assert len(x) == len(y) == 1000 and torch.equal(x, again)
+    assert dataset_train_size(ref("fashion_mnist", 16, 1, train_subset=1000), str(shared_data)) == (1000, True)
+    test_full, _ = load_dataset(ref("fashion_mnist", 16, 1, train_subset=1000), str(shared_data), "test")
+    assert len(test_full) == 10000, "the test split is never subset"
+    assert len(torch.unique(y)) == 10 and not torch.equal(x, full[:1000]), "a shuffle, not the file's first rows"
+    with pytest.raises(UserError, match="train_subset"):
+        load_dataset(ref("fashion_mnist", 16, 1, train_subset=0), str(shared_data), "train")

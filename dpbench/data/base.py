@@ -31,6 +31,9 @@ SPLITS = ("train", "test")
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L")
 _CACHE: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
 CACHE_SIZE = 8
+# Every dataset accepts options.train_subset: the first n training examples of a fixed-seed shuffle — a
+# choice that looks at no example, so it is as public as the dataset's name.
+TRAIN_SUBSET = "train_subset"
 ROOT_HINT = "set data.root in the suite, pass --data-root, or set $DPBENCH_DATA"
 
 
@@ -59,12 +62,15 @@ class ImageDataset(ABC):
 
     def train_size(self, root: str | None, options: dict | None = None) -> tuple[int, bool]:
         """(number of training examples, exact?) — the real count if the data is present at root, else
-        (nominal_train_size, False). Never downloads."""
+        (nominal_train_size, False). Never downloads. ``options.train_subset`` caps it."""
+        options = self.check_options(options)
         try:
-            n = self._present_train_size(_expand(root), self.check_options(options))
+            n = self._present_train_size(_expand(root), options)
         except UserError:
             n = None
-        return (int(n), True) if n is not None else (self.nominal_train_size, False)
+        n, exact = (int(n), True) if n is not None else (self.nominal_train_size, False)
+        subset = options.get(TRAIN_SUBSET)
+        return (min(n, subset), exact) if subset else (n, exact)
 
     def num_classes_for(self, root: str | None, options: dict | None = None) -> int:
         """The number of classes; for user data (imagefolder, npz) it is read from the data at root."""
@@ -78,10 +84,14 @@ class ImageDataset(ABC):
 
     def check_options(self, options: dict | None) -> dict:
         options = dict(options or {})
-        unknown = sorted(set(options) - set(self.options_allowed))
+        allowed = (*self.options_allowed, TRAIN_SUBSET)
+        unknown = sorted(set(options) - set(allowed))
         if unknown:
-            known = ", ".join(self.options_allowed) if self.options_allowed else "none"
-            raise UserError(f"dataset {self.name!r}: unknown option {unknown[0]!r} in data options (known: {known})")
+            raise UserError(f"dataset {self.name!r}: unknown option {unknown[0]!r} in data options (known: "
+                            f"{', '.join(allowed)})")
+        subset = options.get(TRAIN_SUBSET)
+        if subset is not None and (not isinstance(subset, int) or isinstance(subset, bool) or subset < 1):
+            raise UserError(f"dataset {self.name!r}: options.{TRAIN_SUBSET} must be a positive integer (got {subset!r})")
         return options
 
     def require_root(self, root: str | None) -> str:
@@ -128,6 +138,9 @@ class ArrayDataset(ImageDataset):
             _CACHE.move_to_end(key)
             return _CACHE[key]
         x, y = self._load_raw(root, split, download, options, image_size)
+        if split == "train" and options.get(TRAIN_SUBSET):
+            keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[: options[TRAIN_SUBSET]]
+            x, y = x[keep], torch.as_tensor(y)[keep]
         out = (to_model_range(x, image_size, channels), torch.as_tensor(y, dtype=torch.int64).reshape(-1))
         if out[0].shape[0] != out[1].shape[0]:
             raise UserError(f"dataset {self.name!r}: {out[0].shape[0]} images but {out[1].shape[0]} labels")
