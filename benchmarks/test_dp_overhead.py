@@ -1,0 +1,70 @@
+"""The DP step's cost next to the non-private step, per method — a benchmark that can fail.
+
+Absolute step times depend on the machine; the ratio DP / non-private of the same method, measured in
+the same process with the steps interleaved (dpbench/engine/measure.py), does not (much). Each method's
+ratio on the issue's reference setting (`small` preset, 28×28, physical batch 32, the default
+per-example gradient engine) is compared with the committed baseline
+``benchmarks/baseline/dp_overhead_cpu.json``:
+
+- FAIL when a ratio exceeds its baseline by more than ``TOLERANCE`` (25%: CPU step times on a shared
+  2-core machine vary by ±20% between invocations; interleaving removes most of it from the ratio);
+- FAIL when a ratio exceeds the target the project committed to (1.25× for adapter methods, 1.5× for
+  full fine-tuning; issue 11).
+
+Refresh the baseline (on the reference machine, nothing else running):
+``DPBENCH_REFRESH_BASELINE=1 python -m pytest benchmarks/test_dp_overhead.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpbench.config.suite import TrainingSettings
+from dpbench.engine.measure import StepProbe, time_interleaved
+from dpbench.models.diffusion import build_unet, make_noise_scheduler
+from dpbench.registry import METHODS
+
+BASELINE = Path(__file__).parent / "baseline" / "dp_overhead_cpu.json"
+TOLERANCE = 0.25
+TARGET = {"full": 1.5, "lora": 1.25, "loda": 1.25, "bias": 1.25, "attention": 1.25}
+PRESET, IMAGE_SIZE, BATCH, STEPS = "small", 28, 32, 8
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict:
+    torch.manual_seed(0)
+    model = build_unet(PRESET, IMAGE_SIZE, 1, 10)
+    training = TrainingSettings(ema_decay=None)
+    out = {}
+    for method in TARGET:
+        probes = [StepProbe(model, METHODS.get(method)(), 10, make_noise_scheduler(), training, "cpu", batch=BATCH,
+                            private=private, image_shape=(1, IMAGE_SIZE, IMAGE_SIZE), warmup=2)
+                  for private in (True, False)]
+        dp, nonprivate = time_interleaved(probes, STEPS)
+        for probe in probes:
+            probe.close()
+        out[method] = {"ratio": dp["step_time_s"] / nonprivate["step_time_s"], "dp_step_time_s": dp["step_time_s"],
+                       "nonprivate_step_time_s": nonprivate["step_time_s"]}
+    if os.environ.get("DPBENCH_REFRESH_BASELINE"):
+        BASELINE.write_text(json.dumps({"setting": f"{PRESET} {IMAGE_SIZE}x{IMAGE_SIZE} batch {BATCH}, "
+                                                   f"{torch.get_num_threads()} threads", "methods": out}, indent=2) + "\n")
+    return out
+
+
+@pytest.mark.parametrize("method", list(TARGET))
+def test_dp_overhead_has_not_regressed(measured, method):
+    baseline = json.loads(BASELINE.read_text())["methods"][method]["ratio"]
+    ratio = measured[method]["ratio"]
+    print(f"{method}: DP / non-private {ratio:.3f}× (baseline {baseline:.3f}×, target ≤ {TARGET[method]}×)")
+    assert ratio <= baseline * (1 + TOLERANCE), f"{method}: DP/non-private {ratio:.3f}× vs baseline {baseline:.3f}×"
+    assert ratio <= TARGET[method], f"{method}: DP/non-private {ratio:.3f}× above the target {TARGET[method]}×"
+
+
+def test_loda_is_cheaper_than_full_under_dp(measured):
+    """The paper's claim, on this engine: LoDA's DP throughput is at least full fine-tuning's."""
+    assert measured["loda"]["dp_step_time_s"] <= measured["full"]["dp_step_time_s"]
