@@ -72,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inject", metavar="FAULT", help="check a deliberately broken loop (must FAIL): "
                    "low-noise, no-clip, realised-divisor, repeated-noise")
 
+    p = sub.add_parser("audit", help="one-run privacy audit of a suite's runs with gradient canaries; exit 1 if a lower "
+                       "bound on ε exceeds the claimed ε (or the replay sensitivity check fails)")
+    p.add_argument("suite", help=SUITE_HELP)
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                   help="restrict the runs (method=, label=, epsilon=, seed=); repeatable; ε = ∞ runs are skipped")
+    p.add_argument("--canaries", type=int, default=1000, metavar="M", help="gradient canaries per run (default 1000)")
+    p.add_argument("--canary-kind", default="random", choices=("random", "dirac"),
+                   help="canary gradient direction: a random unit vector (default) or one coordinate")
+    p.add_argument("--inject", metavar="FAULT", help="audit a deliberately broken loop (must FAIL): "
+                   "low-noise, no-clip, realised-divisor, repeated-noise — run it at a small ε (e.g. 2), see docs/audit.md")
+    p.add_argument("--results-dir", default="results",
+                   help="results root (default results/); writes DIR/<suite>/runs/<run_id>/audit[-FAULT].json")
+    _add_common(p)
+
     p = sub.add_parser("report", help="build the HTML + markdown report of a suite's results")
     p.add_argument("results_dir", help="a suite's results directory (results/<suite>/)")
     p.add_argument("--out", help="output folder (default <results_dir>/report/)")
@@ -264,6 +278,36 @@ def cmd_selfcheck(args) -> int:
     return EXIT_OK if report.passed else EXIT_CHECK_FAILED
 
 
+def cmd_audit(args) -> int:
+    from dpbench.audit.run import audit_suite, format_audits
+    from dpbench.config.suite import load_suite, resolve_suite_path
+    from dpbench.runner.context import RunnerSettings
+    from dpbench.runner.plan import check_names
+    from dpbench.runner.requirements import missing_requirements
+
+    path = resolve_suite_path(args.suite)
+    suite = load_suite(path)
+    _in_file(path, check_names, suite)
+    problems = missing_requirements(suite, args.device)
+    if problems:
+        raise UserError([f"{path}: {p}" for p in problems])
+    settings = RunnerSettings(suite_path=str(path), results_root=args.results_dir, data_root=args.data_root,
+                              cache_dir=args.cache_dir, device=args.device, progress=args.progress)
+    results = _in_file(path, audit_suite, settings, args.only, canaries=args.canaries, fault=args.inject,
+                       canary_kind=args.canary_kind)
+    print(format_audits(results), flush=True)
+    failed = [r for r in results if not r.passed]
+    for r in failed:
+        why = []
+        if r.epsilon_lower_bound > r.epsilon:
+            why.append(f"ε_low {r.epsilon_lower_bound:.3f} > ε {r.epsilon:g}")
+        if r.replay is not None and not r.replay.get("passed", True):
+            why.append("the replay sensitivity check failed")
+        print(f"dpbench: audit failed: {r.run_id}{f' ({r.fault})' if r.fault else ''}: {'; '.join(why)}",
+              file=sys.stderr)
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
 def cmd_report(args) -> int:
     from pathlib import Path
 
@@ -319,7 +363,8 @@ def cmd_tune(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "ls": cmd_ls, "validate": cmd_validate, "pretrain": cmd_pretrain,
-            "selfcheck": cmd_selfcheck, "report": cmd_report, "profile": cmd_profile, "regress": cmd_regress}
+            "selfcheck": cmd_selfcheck, "audit": cmd_audit, "report": cmd_report, "profile": cmd_profile,
+            "regress": cmd_regress}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -249,8 +249,23 @@ class Profile(Provenance):
     max_batch_size: dict[str, dict[str, Optional[int]]] = Field(default_factory=dict, description="GPU only")
 
 
+class ThreatModelResult(Record):
+    """One threat model of an audit: its best (scoring rule, k₊, k₋) candidate, at the family-wise confidence."""
+
+    name: str = Field(description="final-weights (the released trainable weights) or all-steps (every released gradient)")
+    eps_low: float = Field(description="the best ε_low of this threat model's candidates (family-wise confidence)")
+    guesses: int = Field(description="r = k_plus + k_minus of the best candidate")
+    correct: int = Field(description="v: correct guesses of the best candidate")
+    k_plus: int = Field(description="canaries guessed 'in' (highest scores)")
+    k_minus: int = Field(description="canaries guessed 'out' (lowest scores)")
+    rule: Optional[str] = Field(None, description="the scoring rule of the best candidate, e.g. sum, consecutive-differences")
+    rules: list[str] = Field(default_factory=list, description="every scoring rule of this threat model in the family")
+    observes: Optional[str] = Field(None, description="what the auditor sees under this threat model")
+
+
 class AuditResult(Provenance):
-    """``dpbench audit``: an empirical lower bound on ε from one training run (``runs/<run_id>/audit.json``)."""
+    """``dpbench audit``: an empirical lower bound on ε from one training run (``runs/<run_id>/audit.json``,
+    ``audit-<fault>.json`` for a negative control)."""
 
     schema_version: int = SCHEMA_VERSION
     kind: Literal["dpbench-audit"] = "dpbench-audit"
@@ -262,13 +277,29 @@ class AuditResult(Provenance):
     delta: float
     fault: Optional[str] = Field(None, description="injected fault (negative control), or null")
     canaries: int
-    threat_models: list[dict[str, Any]] = Field(
-        default_factory=list, description="per threat model: name, eps_low, guesses, correct, k_plus, k_minus")
+    threat_models: list[ThreatModelResult] = Field(
+        default_factory=list, description="per threat model: name, eps_low, guesses, correct, k_plus, k_minus, rule")
     epsilon_lower_bound: float = Field(description="the largest ε_low over threat models (each at its confidence)")
     confidence: float
     replay: Optional[dict[str, Any]] = Field(None, description="record/replay sensitivity check")
     passed: bool = Field(description="ε_low ≤ ε and the replay check held")
     seconds: float
+    candidates: Optional[int] = Field(
+        None, description="K: (threat model, scoring rule, k₊, k₋) candidates, each audited at significance (1-confidence)/K")
+    canaries_included: Optional[int] = Field(None, description="m_in: canaries whose secret coin put them in the dataset")
+    canary_kind: Optional[str] = Field(None, description="random (a random unit direction) or dirac (one coordinate)")
+    canary_norm: Optional[float] = Field(None, description="every canary's gradient norm (a multiple of the sensitivity)")
+    canary_support: Optional[int] = Field(None, description="coordinates each canary direction lives on")
+    trainable_params: Optional[int] = None
+    population: Optional[int] = Field(None, description="N + m_in: the Poisson-sampled population of the audited run")
+    sample_rate: Optional[float] = Field(None, description="q = B / (N + m_in) of the audited run (σ and T are the suite's)")
+    suite_sample_rate: Optional[float] = Field(None, description="q = B / N of the suite's run")
+    noise_multiplier: Optional[float] = Field(None, description="σ of the suite's cell, kept for the audit")
+    steps: Optional[int] = Field(None, description="T, the suite's")
+    epsilon_audited_mechanism: Optional[float] = Field(
+        None, description="the accountant's ε for the audited run's (σ, q, T): ≤ epsilon, since the canaries lower q")
+    secret_in: Optional[str] = Field(None, description="the canaries' coins, '1' = included, revealed after training")
+    train_seconds: Optional[float] = Field(None, description="training with canaries (and the replay check)")
 
 
 class SelfcheckMethod(Record):

@@ -22,7 +22,7 @@ from dpbench.reporting.formatting import (
     MISSING, format_bytes, format_difference, format_distinct, format_epsilon_cell, format_estimate, format_number)
 from dpbench.reporting.grid import ResultGrid
 from dpbench.reporting.tables import Table, interval_cell, mean_cell, method_epsilon_table
-from dpbench.results import AuditResult, Profile, RunResult, display_epsilon, format_epsilon
+from dpbench.results import AuditResult, Profile, RunResult, ThreatModelResult, display_epsilon, format_epsilon
 
 NONPRIVATE_NOTE = ("ε = ∞ runs and the baselines (pretrained model, real-data classifier) are non-private "
                    "references: computed on the private data without the DP mechanism, they are not a DP release.")
@@ -222,9 +222,9 @@ def audits_section(doc: Document, ctx: ReportContext) -> None:
                      "canaries", "passed"], rows, "audits"))
 
 
-def _threat_model_text(threat_model: dict) -> str:
-    return (f"{threat_model.get('name', '?')}: {threat_model.get('correct', '?')} / {threat_model.get('guesses', '?')}"
-            f" ({format_number(threat_model.get('eps_low'), 3)})")
+def _threat_model_text(threat_model: ThreatModelResult) -> str:
+    return (f"{threat_model.name}: {threat_model.correct} / {threat_model.guesses}"
+            f" ({format_number(threat_model.eps_low, 3)})")
 
 
 def runs_section(doc: Document, ctx: ReportContext) -> None:

@@ -1,0 +1,227 @@
+"""`dpbench audit SUITE`: the one-run audit of every selected run, on the suite's own mechanism.
+
+For a run (method, ε, seed) of the suite: the suite's pretrained model prepared for the method, its
+private data, its training settings, σ, T, B, K, clipping rule and mixed precision — the whole
+mechanism as ``dpbench run`` trains it — plus m gradient canaries (dpbench/audit/canaries.py), each
+in the dataset by a secret fair coin. With ``--inject FAULT`` the fault's trainer class
+(dpbench/engine/faults.py) trains instead of the real loop.
+
+The canaries raise the population: σ and T are kept, the Poisson population becomes N + m_in and
+q = B / (N + m_in) (the expected batch, hence the divisor, stays B). A smaller q only lowers the
+privacy loss, so the audited run's own ε (recorded as ``epsilon_audited_mechanism``) is ≤ the claimed
+ε, and a bound above the claimed ε refutes both.
+
+The run fails the audit when ε_low (any threat model, family-wise 95%) exceeds the claimed ε or when
+the record/replay sensitivity check (dpbench/audit/replay.py) fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dpbench.audit.bound import DEFAULT_CONFIDENCE
+from dpbench.audit.canaries import DEFAULT_MAX_ELEMENTS, GradientCanaries
+from dpbench.audit.replay import ReplayCheck
+from dpbench.audit.scoring import RULES, THREAT_MODELS, FamilyBound, ReleaseRecorder, canary_scores, family_bound
+from dpbench.errors import UserError
+from dpbench.privacy.accounting import DPStep
+from dpbench.privacy.noise import derive_seed
+
+log = logging.getLogger("dpbench")
+
+DEFAULT_CANARIES = 1000
+DEFAULT_NORM_MULTIPLE = 10.0
+_CANARY_STREAM, _RECORD_STREAM = 101, 102
+
+
+def audited_step(step: DPStep, num_included: int) -> DPStep:
+    """The suite's step with the canaries in the population: same σ, T and B; q = B / (N + m_in)."""
+    population = step.num_examples + num_included
+    return dataclasses.replace(step, num_examples=population, sample_rate=step.expected_batch_size / population)
+
+
+def canary_norm(step: DPStep, multiple: float = DEFAULT_NORM_MULTIPLE) -> float:
+    """``multiple`` × the rule's sensitivity (C; 1 for automatic clipping; the initial C for quantile)."""
+    return multiple * step.clipping.sensitivity
+
+
+@dataclass
+class AuditOutcome:
+    family: FamilyBound
+    replay: Optional[ReplayCheck]
+    canaries: GradientCanaries
+    step: DPStep  # the audited step (population N + m_in)
+    epsilon_mechanism: Optional[float]
+    train_seconds: float
+    seconds: float
+
+    @property
+    def eps_low(self) -> float:
+        return self.family.eps_low
+
+    def passed(self, epsilon: float) -> bool:
+        return self.eps_low <= epsilon and (self.replay is None or self.replay.passed)
+
+
+def audit_training(model, scheduler, images: torch.Tensor, labels: torch.Tensor, step: DPStep, training, seed: int,
+                   device, *, delta: float, budget=None, canaries: int = DEFAULT_CANARIES, fault: Optional[str] = None,
+                   canary_kind: str = "random", norm_multiple: float = DEFAULT_NORM_MULTIPLE,
+                   reproducible_noise: bool = False, secret_in: Optional[np.ndarray] = None, replay: bool = True,
+                   confidence: float = DEFAULT_CONFIDENCE, max_elements: int = DEFAULT_MAX_ELEMENTS,
+                   progress: bool = False) -> AuditOutcome:
+    """Train ``model`` (already prepared for its method) once with canaries, observing; score; bound.
+
+    ``step`` is the suite's DP step for the private data alone (``num_examples`` = N); the audited step
+    adds the included canaries to the population (:func:`audited_step`).
+    """
+    from dpbench.engine.faults import trainer_class
+
+    if not step.private:
+        raise UserError("ε = ∞ runs make no privacy claim: nothing to audit")
+    start = time.perf_counter()
+    cls = trainer_class(fault)
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        canary_set = GradientCanaries(params, canaries, norm=canary_norm(step, norm_multiple),
+                                      seed=derive_seed(seed, _CANARY_STREAM), kind=canary_kind, secret_in=secret_in,
+                                      max_elements=max_elements)
+    except ValueError as err:  # e.g. more Dirac canaries than trainable coordinates
+        raise UserError(f"--canaries {canaries} --canary-kind {canary_kind}: {err}") from None
+    step = audited_step(step, canary_set.num_included)
+    trainer = cls(model, scheduler, images, labels, step, training, seed, device, budget=budget,
+                  reproducible_noise=reproducible_noise, canaries=canary_set)
+    recorder = ReleaseRecorder(canary_set)
+    trainer.release_observers.append(recorder)
+    check = None
+    if replay:
+        pick = np.random.default_rng(derive_seed(seed, _RECORD_STREAM))
+        check = ReplayCheck(trainer, examples=[int(pick.integers(len(images)))]).attach()
+    initial = [p.detach().clone() for p in trainer.params]
+    stats = trainer.train(progress=progress)
+    if check is not None:
+        check.detach()
+    trainer.finish()  # the released weights: EMA where the suite keeps one
+    final = [p.detach().clone() for p in trainer.params]
+    scores = canary_scores(canary_set, recorder, initial, final)
+    family = family_bound(scores, canary_set.secret_in, delta, confidence)
+    return AuditOutcome(family=family, replay=check, canaries=canary_set, step=step,
+                        epsilon_mechanism=stats.epsilon_spent, train_seconds=stats.train_seconds,
+                        seconds=time.perf_counter() - start)
+
+
+def threat_model_results(family: FamilyBound) -> list:
+    from dpbench.results import ThreatModelResult
+
+    out = []
+    for name, observes in THREAT_MODELS.items():
+        best = family.best(name)
+        out.append(ThreatModelResult(name=name, eps_low=best.eps_low, guesses=best.guesses, correct=best.correct,
+                                     k_plus=best.k_plus, k_minus=best.k_minus, rule=best.rule,
+                                     rules=[rule for model, rule in RULES if model == name], observes=observes))
+    return out
+
+
+def audit_file_name(fault: Optional[str]) -> str:
+    return "audit.json" if fault is None else f"audit-{fault}.json"
+
+
+def audit_run(ctx, planned, *, canaries: int = DEFAULT_CANARIES, fault: Optional[str] = None,
+              canary_kind: str = "random"):
+    """Audit one planned run of a suite; write and return its :class:`AuditResult`."""
+    from dpbench.engine.trainer import prepare_model
+    from dpbench.models.diffusion import make_noise_scheduler
+    from dpbench.provenance import provenance
+    from dpbench.registry import METHODS
+    from dpbench.results import AuditResult, format_epsilon, run_dir, write_model
+
+    suite, spec, plan = ctx.suite, planned.spec, planned.plan
+    log.info("── audit %s%s: %s at ε=%s (σ=%.4g, T=%d, %d canaries)", spec.run_id,
+             f" with fault {fault}" if fault else "", spec.method, format_epsilon(spec.epsilon),
+             plan.budget.noise_multiplier, plan.step.steps, canaries)
+    method = METHODS.get(spec.method)(planned.method.options)
+    scheduler = make_noise_scheduler(suite.model.num_train_timesteps, suite.model.beta_schedule)
+    torch.manual_seed(spec.seed)
+    model = prepare_model(ctx.pretrained.model, method, ctx.num_classes, ctx.device)
+    outcome = audit_training(model, scheduler, ctx.train[0], ctx.train[1], plan.step, planned.training, spec.seed,
+                             ctx.device, delta=plan.budget.delta, budget=plan.budget, canaries=canaries, fault=fault,
+                             canary_kind=canary_kind, reproducible_noise=suite.privacy.reproducible_noise,
+                             progress=ctx.progress)
+    c = outcome.canaries
+    passed = outcome.passed(spec.epsilon)
+    result = AuditResult(
+        run_id=spec.run_id, suite=suite.name, method=spec.method, method_label=spec.method_key, epsilon=spec.epsilon,
+        delta=plan.budget.delta, fault=fault, canaries=c.m, threat_models=threat_model_results(outcome.family),
+        epsilon_lower_bound=outcome.eps_low, confidence=outcome.family.confidence,
+        replay=outcome.replay.summary() if outcome.replay is not None else None, passed=passed,
+        seconds=outcome.seconds, candidates=outcome.family.candidates, canaries_included=c.num_included,
+        canary_kind=c.kind, canary_norm=c.norm, canary_support=c.support, trainable_params=c.dim,
+        population=outcome.step.num_examples, sample_rate=outcome.step.sample_rate,
+        suite_sample_rate=plan.step.sample_rate, noise_multiplier=plan.budget.noise_multiplier,
+        steps=plan.step.steps, epsilon_audited_mechanism=outcome.epsilon_mechanism,
+        secret_in="".join("1" if b else "0" for b in c.secret_in), train_seconds=outcome.train_seconds,
+        **provenance(ctx.device))
+    folder = run_dir(ctx.results_dir, spec.run_id)
+    write_model(folder / audit_file_name(fault), result, inside=ctx.results_dir)
+    log.info("   ε_low %.3f (%s) vs ε %s; replay %s; %.1fs → %s", result.epsilon_lower_bound,
+             ", ".join(f"{t.name} {t.eps_low:.3f}: {t.correct}/{t.guesses}" for t in result.threat_models),
+             format_epsilon(spec.epsilon), _replay_text(result.replay), result.seconds,
+             "passed" if passed else "FAILED")
+    return result
+
+
+def _replay_text(replay: Optional[dict]) -> str:
+    if replay is None:
+        return "not run"
+    ratio = replay.get("max_difference_over_sensitivity")
+    worst = "no record sampled" if ratio is None else f"max B·Δ/S {ratio:.4g}"
+    return f"{'held' if replay['passed'] else 'FAILED'} ({replay['checks']} checks, {worst})"
+
+
+def audit_suite(settings, only: list[str] = (), *, canaries: int = DEFAULT_CANARIES, fault: Optional[str] = None,
+                canary_kind: str = "random") -> list:
+    """Audit every selected private run of a suite (``--only`` filters as for ``dpbench run``)."""
+    from dpbench.engine.faults import trainer_class
+    from dpbench.runner.context import RunContext
+    from dpbench.runner.plan import is_private
+    from dpbench.runner.suite_runner import planned_grid
+
+    trainer_class(fault)  # an unknown fault is a one-line error before any work
+    if canaries < 2:
+        raise UserError(f"--canaries {canaries}: need at least 2 (the default is {DEFAULT_CANARIES})")
+    ctx = RunContext.build(settings)
+    selected = planned_grid(ctx, list(only))
+    private = [p for p in selected if is_private(p)]
+    skipped = len(selected) - len(private)
+    if not private:
+        raise UserError("nothing to audit: the selected runs are all ε = ∞ (no privacy claim) — "
+                        "select a finite ε with --only epsilon=E")
+    if skipped:
+        log.info("dpbench audit: skipping %d ε = ∞ run(s): they make no privacy claim", skipped)
+    ctx.results_dir.mkdir(parents=True, exist_ok=True)
+    log.info("dpbench audit: suite %r, %d run(s), %d canaries each%s; results in %s", ctx.suite.name, len(private),
+             canaries, f", fault {fault}" if fault else "", ctx.results_dir)
+    return [audit_run(ctx, p, canaries=canaries, fault=fault, canary_kind=canary_kind) for p in private]
+
+
+def format_audits(results: list) -> str:
+    from dpbench.results import format_epsilon
+
+    header = (f"{'run':<24} {'fault':<16} {'ε':>5} {'ε_low':>7} {'final-weights':>22} {'all-steps':>22} "
+              f"{'replay':>8} {'time':>7}  verdict")
+    lines = [header]
+    for r in results:
+        models = {t.name: t for t in r.threat_models}
+        cells = [f"{models[n].eps_low:.3f} ({models[n].correct}/{models[n].guesses})" if n in models else "—"
+                 for n in THREAT_MODELS]
+        replay = "—" if r.replay is None else ("held" if r.replay.get("passed") else "FAILED")
+        lines.append(f"{r.run_id:<24} {r.fault or 'none':<16} {format_epsilon(r.epsilon):>5} "
+                     f"{r.epsilon_lower_bound:>7.3f} {cells[0]:>22} {cells[1]:>22} {replay:>8} {r.seconds:>6.0f}s  "
+                     f"{'passed' if r.passed else 'FAILED'}")
+    return "\n".join(lines)
