@@ -206,9 +206,8 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from pathlib import Path
-
+def _runner_settings(args, check_machine: bool = True):
+    """The suite (validated, its names resolved, this machine able to run it) and the runner's settings."""
     from dpbench.config.suite import load_suite, resolve_suite_path
     from dpbench.runner.context import RunnerSettings
     from dpbench.runner.plan import check_names
@@ -217,11 +216,18 @@ def cmd_run(args) -> int:
     path = resolve_suite_path(args.suite)
     suite = load_suite(path)
     _in_file(path, check_names, suite)
-    problems = missing_requirements(suite, args.device)
+    problems = missing_requirements(suite, args.device) if check_machine else []
     if problems:
         raise UserError([f"{path}: {p}" for p in problems])
     settings = RunnerSettings(suite_path=str(path), results_root=args.results_dir, data_root=args.data_root,
                               cache_dir=args.cache_dir, device=args.device, progress=args.progress)
+    return path, suite, settings
+
+
+def cmd_run(args) -> int:
+    from pathlib import Path
+
+    path, suite, settings = _runner_settings(args)
     if args.dry_run:
         from dpbench.runner.dry_run import dry_run
 
@@ -280,19 +286,8 @@ def cmd_selfcheck(args) -> int:
 
 def cmd_audit(args) -> int:
     from dpbench.audit.run import audit_suite, format_audits
-    from dpbench.config.suite import load_suite, resolve_suite_path
-    from dpbench.runner.context import RunnerSettings
-    from dpbench.runner.plan import check_names
-    from dpbench.runner.requirements import missing_requirements
 
-    path = resolve_suite_path(args.suite)
-    suite = load_suite(path)
-    _in_file(path, check_names, suite)
-    problems = missing_requirements(suite, args.device)
-    if problems:
-        raise UserError([f"{path}: {p}" for p in problems])
-    settings = RunnerSettings(suite_path=str(path), results_root=args.results_dir, data_root=args.data_root,
-                              cache_dir=args.cache_dir, device=args.device, progress=args.progress)
+    path, _, settings = _runner_settings(args)
     results = _in_file(path, audit_suite, settings, args.only, canaries=args.canaries, fault=args.inject,
                        canary_kind=args.canary_kind)
     print(format_audits(results), flush=True)
@@ -342,14 +337,10 @@ def cmd_regress(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from dpbench.config.suite import resolve_suite_path
     from dpbench.reporting.tables import text_table
-    from dpbench.runner.context import RunnerSettings
     from dpbench.runner.tune import tune
 
-    path = resolve_suite_path(args.suite)
-    settings = RunnerSettings(suite_path=str(path), results_root=args.results_dir, data_root=args.data_root,
-                              cache_dir=args.cache_dir, device=args.device, progress=args.progress)
+    path, _, settings = _runner_settings(args)
     lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
     seeds = [int(v) for v in args.seeds.split(",")]
     folder, record = _in_file(path, tune, settings, methods=args.methods.split(",") if args.methods else None,
