@@ -62,6 +62,7 @@ def test_user_pretrained_directory_loads(tmp_path):
         load_pretrained(wrong)
 
 
+@pytest.mark.slow
 def test_killed_pretraining_resumes_bit_exactly(tmp_path):
     """SIGKILL `dpbench pretrain` once it has checkpointed, run it again: the weights (an EMA here) are those
     of an uninterrupted pretraining, and the checkpoint is gone."""

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,14 +79,10 @@ def _run_task_workers() -> list:
     return out
 
 
-def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, ray_cluster):
-    """SIGKILL the worker of a run once it has checkpointed (one run at a time: 2 CPUs per run); Ray
-    retries the task, which resumes; every run finishes exactly once with the ε of an uninterrupted run."""
-    from dpbench.privacy.accounting import epsilon_spent
-
-    suite = _write_suite(tmp_path, privacy={**MICRO["privacy"], "steps": 12}, methods=[{"name": "bias"}],
-                         executor={**RAY_ON_CPU, "cpus_per_run": 2})
-    runs = tmp_path / "out" / "micro" / "runs"
+def _run_killing_one_worker(suite, results: str, *extra) -> tuple[int, list[str]]:
+    """Run the grid; meanwhile SIGKILL the worker of the first run that has checkpointed (the suite runs one
+    run at a time: 2 CPUs per run). Returns the exit code and the run whose worker was killed."""
+    runs = Path(results) / "micro" / "runs"
     killed = []
 
     def kill_once_a_checkpoint_exists():
@@ -100,9 +97,21 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, ra
 
     killer = threading.Thread(target=kill_once_a_checkpoint_exists, daemon=True)
     killer.start()
-    code = _run(suite, str(tmp_path / "out"))
+    code = _run(suite, results, *extra)
     killer.join(timeout=5)
     assert killed, "no worker was caught mid-run"
+    return code, killed
+
+
+def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, ray_cluster):
+    """Ray retries the task of a killed worker, which resumes; every run finishes exactly once with the ε of
+    an uninterrupted run."""
+    from dpbench.privacy.accounting import epsilon_spent
+
+    suite = _write_suite(tmp_path, privacy={**MICRO["privacy"], "steps": 12}, methods=[{"name": "bias"}],
+                         executor={**RAY_ON_CPU, "cpus_per_run": 2})
+    runs = tmp_path / "out" / "micro" / "runs"
+    code, killed = _run_killing_one_worker(suite, str(tmp_path / "out"))
     assert code == 0
     records = {r.run_id: r for r in load_results(runs.parent)}
     assert sorted(records) == ["bias-eps5-seed0", "bias-epsinf-seed0"]
@@ -114,6 +123,16 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, ra
         assert r.epsilon_spent == pytest.approx(epsilon_spent("rdp", [(r.noise_multiplier, r.sample_rate, r.steps)],
                                                               r.delta), rel=1e-12)
     assert not list(runs.glob("*/checkpoint.pt"))
+
+
+def test_a_run_whose_every_try_died_is_recorded_as_failed(tmp_path, ray_cluster, capsys):
+    suite = _write_suite(tmp_path, privacy={**MICRO["privacy"], "steps": 12}, methods=[{"name": "bias"}],
+                         executor={**RAY_ON_CPU, "cpus_per_run": 2, "max_retries": 0})
+    code, killed = _run_killing_one_worker(suite, str(tmp_path / "out"), "--only", "epsilon=5")
+    assert code == 1 and f"failed: {killed[0]} (worker)" in capsys.readouterr().err
+    (record,) = load_results(tmp_path / "out" / "micro")
+    assert record.status == "failed" and record.phase == "worker" and record.device is None
+    assert (tmp_path / "out" / "micro" / "runs" / killed[0] / "checkpoint.pt").is_file(), "kept: a re-run resumes"
 
 
 def test_a_failing_cell_does_not_stop_the_others(tmp_path, ray_cluster, capsys):

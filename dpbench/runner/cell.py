@@ -66,11 +66,11 @@ def run_cell(ctx: RunContext, planned: PlannedRun) -> RunResult | None:
             return result
 
 
-def record_failure(ctx: RunContext, planned: PlannedRun, error: str, phase: str) -> RunResult:
-    """Write and return a failed result: the error on one line and the phase it happened in."""
+def record_failure(ctx: RunContext, planned: PlannedRun, error: str, phase: str, **fields) -> RunResult:
+    """Write and return a failed result: the error on one line, the phase it happened in, and ``fields``."""
     message = " ".join(error.split())[:2000]
     log.error("%s failed in %s: %s", planned.spec.run_id, phase, message)
-    result = _base_result(ctx, planned, status="failed", error=message, phase=phase)
+    result = _base_result(ctx, planned, status="failed", error=message, phase=phase, **fields)
     write_model(run_dir(ctx.results_dir, planned.spec.run_id) / "result.json", result, inside=ctx.results_dir)
     return result
 

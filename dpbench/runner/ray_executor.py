@@ -150,7 +150,8 @@ class RayExecutor(Executor):
                     result = ray.get(ref)
                 except ray.exceptions.RayError as err:  # every try's worker died, or the task could not start
                     cause = _cause(err)
-                    result = record_failure(ctx, planned, f"{type(cause).__name__}: {cause}", "worker")
+                    result = record_failure(ctx, planned, f"{type(cause).__name__}: {cause}", "worker",
+                                            device=None)  # the driver's device is not where the run was
                 results.append(result)
                 progress.finished(planned.spec.run_id, result.status)
         except KeyboardInterrupt:
