@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
@@ -64,7 +65,7 @@ def auto_batch_key(ctx: RunContext, planned: PlannedRun) -> dict:
     }
 
 
-def cached_search(path, key: dict, search: Callable[[], int]) -> int:
+def cached_search(path: Path, key: dict, search: Callable[[], int]) -> int:
     """The cached answer for ``key`` at ``path``, or ``search()`` written there (atomically) first."""
     if path.is_file():
         cached = json.loads(path.read_text())
