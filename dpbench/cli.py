@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run a suite: pretrain, DP fine-tune every method, sample, evaluate, report")
+    p = sub.add_parser("run", help="run a suite: pretrain, DP fine-tune every method, sample, evaluate, report "
+                                   "(under torchrun --nproc-per-node N, each run is trained by N processes)")
     p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="restrict the grid (method=, label=, epsilon=, seed=); repeatable")
@@ -233,10 +234,15 @@ def cmd_run(args) -> int:
 
         print(_in_file(path, dry_run, settings, args.only))
         return 0
+    from dpbench.engine.distributed import is_root_process
     from dpbench.reporting.summary import format_summary
     from dpbench.runner.suite_runner import run_suite
 
+    if not is_root_process():  # torchrun: rank 0 logs and reports for the group
+        log.setLevel(logging.WARNING)
     outcome = _in_file(path, run_suite, settings, args.only, rerun_changed=args.rerun_changed)
+    if not is_root_process():
+        return 0
     print(format_summary(outcome.results_dir), flush=True)
     if not args.no_report:
         from dpbench.reporting.report import build_report

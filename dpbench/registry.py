@@ -49,8 +49,13 @@ class Registry(Generic[T]):
 
     def add(self, name: str, obj: T, description: str) -> None:
         """Register an already imported object (for user plug-ins and tests)."""
-        self._entries[name] = Entry(name, f"<object {obj!r}>", description)
+        self._entries[name] = Entry(name, f"{_ADDED}{obj!r}>", description)
         self._loaded[name] = obj
+
+    def added(self) -> dict[str, tuple[T, str]]:
+        """The entries registered with :meth:`add`: name -> (object, description)."""
+        return {name: (self._loaded[name], e.description) for name, e in self._entries.items()
+                if e.target.startswith(_ADDED)}
 
     def names(self) -> list[str]:
         self._declare()
@@ -84,6 +89,9 @@ class Registry(Generic[T]):
         return self._loaded[name]
 
 
+_ADDED = "<object "
+
+
 # The registries. Their entries are declared in one place each (the package's __init__), so that
 # `dpbench ls` can list them without importing the heavy modules behind them.
 METHODS: Registry[Callable] = Registry("method", "dpbench.methods")
@@ -92,3 +100,18 @@ PRESETS: Registry[Callable] = Registry("model preset", "dpbench.models")
 EXECUTORS: Registry[Callable] = Registry("executor", "dpbench.runner")
 FID_BACKBONES: Registry[Callable] = Registry("FID backbone", "dpbench.evaluation")
 CLASSIFIERS: Registry[Callable] = Registry("classifier", "dpbench.evaluation")
+REGISTRIES = (METHODS, DATASETS, PRESETS, EXECUTORS, FID_BACKBONES, CLASSIFIERS)
+
+
+def added_objects() -> dict[str, dict]:
+    """Every plug-in registered with ``add`` in this process, per registry kind: what a worker process
+    (dpbench/runner/ray_executor.py) re-adds to see the same names."""
+    return {r.kind: r.added() for r in REGISTRIES if r.added()}
+
+
+def add_objects(objects: dict[str, dict]) -> None:
+    """Register what :func:`added_objects` returned in another process."""
+    by_kind = {r.kind: r for r in REGISTRIES}
+    for kind, entries in objects.items():
+        for name, (obj, description) in entries.items():
+            by_kind[kind].add(name, obj, description)

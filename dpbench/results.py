@@ -124,6 +124,17 @@ class ClippingDiagnostics(Record):
     warning: Optional[str] = Field(None, description="set when clipping barely acts or noise drowns the signal")
 
 
+class GpuPhase(Record):
+    """One phase of a run (train, sample, evaluate) as NVML saw the run's GPU (the whole GPU's counters)."""
+
+    seconds: float = Field(description="wall time of the phase")
+    energy_joules: Optional[float] = Field(None, description="NVML total-energy counter difference (Volta and newer)")
+    mean_power_watts: Optional[float] = Field(None, description="energy / seconds (sampled power without the counter)")
+    mean_utilization_percent: Optional[float] = Field(None, description="GPU utilisation sampled every 100 ms, mean")
+    peak_process_memory_bytes: Optional[int] = Field(
+        None, description="this process's device memory per NVML, peak of the samples; null where NVML hides it")
+
+
 class RunResult(Provenance):
     """One finished (or failed) cell of a suite: a method at one ε and seed (``runs/<run_id>/result.json``)."""
 
@@ -155,7 +166,11 @@ class RunResult(Provenance):
     sample_rate: float = Field(description="Poisson sampling rate q = B / N")
     steps: int = Field(description="logical steps T")
     expected_batch_size: int
-    physical_batch_size: int
+    physical_batch_size: int = Field(description="examples per forward/backward actually used (after any halving on "
+                                                 "out of memory)")
+    physical_batch_size_setting: Optional[int | Literal["auto"]] = Field(
+        None, description="what the suite asked for: a number, or auto (the largest that fits the GPU)")
+    world_size: int = Field(1, description="processes that trained the run together (torchrun), 1 otherwise")
     noise_multiplicity: int = Field(description="K noised copies averaged inside each example's loss")
     clipping: ClippingInfo
     clipping_diagnostics: Optional[ClippingDiagnostics] = None
@@ -183,7 +198,14 @@ class RunResult(Provenance):
     memory_kind: Optional[str] = Field(None, description="cuda_max_allocated or cpu_rss")
     memory_breakdown: dict[str, int] = Field(
         default_factory=dict, description="analytic bytes: parameters, trainable, optimizer_state, ema, per_sample_gradients")
-    nvml_peak_memory_bytes: Optional[int] = None
+    nvml_peak_memory_bytes: Optional[int] = Field(
+        None, description="the GPU's used memory per NVML during the memory probe (all processes on it)")
+    nvml_process_memory_bytes: Optional[int] = Field(
+        None, description="this run's process's own GPU memory per NVML, peak over its phases; null without NVML")
+    energy_joules: Optional[float] = Field(None, description="GPU energy of train + sample + evaluate per NVML; null "
+                                                             "without NVML or its energy counter")
+    gpu_phases: dict[str, GpuPhase] = Field(
+        default_factory=dict, description="train, sample, evaluate: energy, mean power and utilisation; empty without NVML")
     throughput_examples_per_s: Optional[float] = Field(None, description="expected batch / median step time")
     step_time_s: Optional[float] = Field(None, description="median logical-step time after warm-up")
     train_seconds: Optional[float] = None
@@ -510,7 +532,7 @@ def load_audits(results_dir: str | os.PathLike) -> list[AuditResult]:
 
 
 CSV_EXCLUDE = {"versions", "downstream_accuracies", "per_class_accuracy", "memory_breakdown", "method_options",
-               "clipping", "clipping_diagnostics"}
+               "clipping", "clipping_diagnostics", "gpu_phases"}
 
 
 def csv_rows(results: list[RunResult]) -> tuple[list[str], list[dict]]:

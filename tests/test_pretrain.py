@@ -60,3 +60,41 @@ def test_user_pretrained_directory_loads(tmp_path):
                          "data": {"private": {"name": "digits", "image_size": 16, "channels": 1}}})
     with pytest.raises(UserError, match="image_size"):
         load_pretrained(wrong)
+
+
+@pytest.mark.slow
+def test_killed_pretraining_resumes_bit_exactly(tmp_path):
+    """SIGKILL `dpbench pretrain` once it has checkpointed, run it again: the weights (an EMA here) are those
+    of an uninterrupted pretraining, and the checkpoint is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    raw = {**SUITE, "pretrain": {**SUITE["pretrain"], "steps": 60, "ema_decay": 0.9, "checkpoint_seconds": 0}}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "dpbench", "pretrain", str(path), "--cache-dir", str(tmp_path / "cache"),
+               "--no-progress"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "cache").rglob(".*.checkpoint.pt")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "pretraining finished before it could be killed: " + proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "pretraining resumed from step" in again.stderr
+    assert not list((tmp_path / "cache").rglob("*.checkpoint.pt"))
+
+    resumed = load_pretrained(parse_suite(raw), cache_dir=str(tmp_path / "cache"), progress=False)
+    unchecked = {**raw, "pretrain": {**raw["pretrain"], "checkpoint_seconds": 600}}  # the same cache key
+    straight = load_pretrained(parse_suite(unchecked), cache_dir=str(tmp_path / "straight"), progress=False)
+    assert resumed.cache_hit and not straight.cache_hit
+    a, b = resumed.model.state_dict(), straight.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

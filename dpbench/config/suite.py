@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from dpbench.errors import UserError
 from dpbench.results import NAME_PATTERN, format_epsilon, parse_epsilon
@@ -68,6 +68,9 @@ class PretrainSettings(Strict):
     batch_size: int = Field(default=64, gt=0)
     lr: float = Field(default=2e-3, gt=0)
     seed: int = 0
+    ema_decay: Optional[float] = Field(default=None, ge=0, lt=1, description="EMA of the weights (what is saved); null = off")
+    mixed_precision: Literal["auto", "no"] = Field(default="auto", description="auto: bf16 autocast where CUDA supports it")
+    checkpoint_seconds: float = Field(default=60.0, ge=0, description="resume checkpoint interval (0 = every step)")
 
 
 class QuantileClipping(Strict):
@@ -101,6 +104,15 @@ def _check_clipping(value):
     return value
 
 
+def _check_physical_batch(value):
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError(f"give a positive integer or auto (got {value!r})")
+
+
+PhysicalBatchSize = Annotated[Union[int, Literal["auto"]], BeforeValidator(_check_physical_batch)]
+
+
 class PrivacySettings(Strict):
     epsilons: list[Union[float, Literal["inf"]]] = Field(min_length=1, description="targets; inf = non-private reference")
     delta: float = Field(gt=0, lt=1)
@@ -110,7 +122,8 @@ class PrivacySettings(Strict):
     steps: Optional[int] = Field(default=None, gt=0)
     max_grad_norm: ClippingSpec = Field(description="C (a number), auto, or {quantile: q}")
     noise_multiplicity: int = Field(default=1, ge=1, description="K noised copies averaged inside each example's loss")
-    physical_batch_size: int = Field(gt=0, description="examples per forward/backward (virtual batching)")
+    physical_batch_size: PhysicalBatchSize = Field(
+        description="examples per forward/backward (virtual batching); auto: the largest that fits the GPU")
     reproducible_noise: bool = Field(
         default=False, description="derive the DP noise from the seed: for tests and debugging only, NOT a DP release")
 
@@ -155,6 +168,8 @@ class MethodSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     lr: Optional[float] = Field(default=None, gt=0, description="overrides training.lr for this method")
     max_grad_norm: Optional[ClippingSpec] = Field(default=None, description="overrides privacy.max_grad_norm")
+    physical_batch_size: Optional[PhysicalBatchSize] = Field(
+        default=None, description="overrides privacy.physical_batch_size for this method")
 
     _clip = field_validator("max_grad_norm")(classmethod(lambda cls, v: _check_clipping(v)))
 
@@ -179,6 +194,8 @@ class TrainingSettings(Strict):
         default="auto", description="auto: bf16 autocast where CUDA supports it; bf16: also on CPU; no: fp32")
     warmup_steps: int = Field(default=2, ge=0, description="steps excluded from the step-time median")
     checkpoint_seconds: float = Field(default=30.0, ge=0, description="resume checkpoint interval (0 = every step)")
+    min_physical_batch_size: int = Field(
+        default=1, gt=0, description="out of memory halves the physical batch down to this; below it the run fails")
 
 
 class SamplingSettings(Strict):
@@ -203,6 +220,30 @@ class EvaluationSettings(Strict):
     real_data_ceiling: bool = Field(default=True, description="train the classifier on real private data once")
 
 
+class ExecutorSettings(Strict):
+    """Where the runs of a grid execute; a plain string in a suite is the name alone."""
+
+    name: str = Field(default="local", description="a registered executor (`dpbench ls executors`)")
+    address: Optional[str] = Field(default=None, description="ray: an existing cluster (e.g. ray://head:10001 or "
+                                                             "auto); omitted: start a local one")
+    gpus_per_run: float = Field(default=1, ge=0, le=1, description="ray: GPUs per run (0: on CPU; a fraction shares a GPU)")
+    cpus_per_run: float = Field(default=1, gt=0, description="ray: CPUs per run")
+    max_retries: int = Field(default=2, ge=0, description="ray: retries of a run whose worker died (it resumes from "
+                                                          "its checkpoint)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _ray_fields(self):
+        given = sorted(self.model_fields_set - {"name"})
+        if self.name == "local" and given:
+            raise ValueError(f"{given[0]} is for the ray executor only — remove it, or set name: ray")
+        return self
+
+
 class Suite(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
@@ -215,7 +256,7 @@ class Suite(Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
-    executor: str = "local"
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 
     @model_validator(mode="after")
@@ -420,7 +461,19 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 
 # Settings that do not change what a run computes: excluded from its config hash.
-_NOT_IN_HASH = {"training": {"checkpoint_seconds", "warmup_steps"}}
+_NOT_IN_HASH = {"training": {"checkpoint_seconds", "warmup_steps", "min_physical_batch_size"},
+                "pretrain": {"checkpoint_seconds"}}
+# Settings added after results were first written: hashed only when they differ from their default, so
+# that adding a setting never makes finished results stale.
+_HASHED_UNLESS_DEFAULT = {"pretrain": {"ema_decay": None, "mixed_precision": "auto"},
+                          "method": {"physical_batch_size": None}}
+
+
+def hashed_settings(section: str, values: dict) -> dict:
+    """The part of one suite section (a ``model_dump``) that enters config hashes and cache keys."""
+    defaults = _HASHED_UNLESS_DEFAULT.get(section, {})
+    return {k: v for k, v in values.items()
+            if k not in _NOT_IN_HASH.get(section, ()) and not (k in defaults and v == defaults[k])}
 
 
 def run_config_hash(suite: Suite, spec: RunSpec, num_examples: int) -> str:
@@ -431,16 +484,16 @@ def run_config_hash(suite: Suite, spec: RunSpec, num_examples: int) -> str:
 
     dump = suite.model_dump(mode="json")
     privacy = {k: v for k, v in dump["privacy"].items() if k != "epsilons"}
-    method = suite.method(spec.method_key).model_dump(mode="json")
+    method = hashed_settings("method", suite.method(spec.method_key).model_dump(mode="json"))
     material = {
         "dpbench": dpbench.__version__,
         "data": {"private": suite.data.private.identity(), "public": suite.data.public.identity() if suite.data.public else None,
                  "image_size": suite.data.private.image_size, "channels": suite.data.private.channels,
                  "num_examples": num_examples},
-        "model": dump["model"], "pretrain": dump["pretrain"] if suite.model.preset else None,
+        "model": dump["model"], "pretrain": hashed_settings("pretrain", dump["pretrain"]) if suite.model.preset else None,
         "privacy": privacy, "epsilon": format_epsilon(spec.epsilon), "seed": spec.seed,
         "method": method,
-        "training": {k: v for k, v in dump["training"].items() if k not in _NOT_IN_HASH["training"]},
+        "training": hashed_settings("training", dump["training"]),
         "sampling": dump["sampling"], "evaluation": dump["evaluation"],
     }
     return stable_hash(material)

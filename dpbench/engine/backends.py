@@ -30,6 +30,9 @@ class ClippingBackend(Protocol):
     def weighted_sum(self, loss_fn: LossFn, weights_fn: WeightsFn) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """(Σ_i w_i g_i per trainable parameter, norms ‖g_i‖ [b], losses [b] detached)."""
 
+    def discard(self) -> None:
+        """Forget what a chunk that failed part-way (out of memory) left behind, so it can be redone."""
+
     def remove(self) -> None:
         """Detach whatever the backend attached to the model."""
 
@@ -41,7 +44,7 @@ class OpacusBackend:
                  functorch: bool = False):
         from opacus.grad_sample.grad_sample_module import GradSampleHooks
 
-        self.named_params = named_params
+        self.model, self.named_params = model, named_params
         self.rows_per_example = rows_per_example
         self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="sum", force_functorch=functorch)
 
@@ -73,6 +76,20 @@ class OpacusBackend:
         weights = weights_fn(norms)
         sums = [torch.einsum("i,i...->...", weights.to(g.dtype), g) for g in grads]
         return sums, norms, losses
+
+    def discard(self) -> None:
+        # A forward that stopped part-way leaves captured activations and raised forward counters, with
+        # which the next backward would pair the wrong activations or never promote the per-sample
+        # gradients; a backward that stopped part-way leaves partial per-sample gradients.
+        for module in self.model.modules():
+            for attr in ("activations", "max_batch_len"):
+                if hasattr(module, attr):
+                    delattr(module, attr)
+        for _, p in self.named_params:
+            p.grad_sample = p.grad = None
+            p._forward_counter = 0
+            if hasattr(p, "_current_grad_sample"):
+                del p._current_grad_sample
 
     def disable(self) -> None:
         self.hooks.disable_hooks()

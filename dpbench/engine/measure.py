@@ -65,6 +65,8 @@ class StepProbe:
         images = torch.rand((batch, *image_shape), generator=gen) * 2 - 1
         labels = torch.randint(0, num_classes, (batch,), generator=gen)
         step = probe_step(batch, private, noise_multiplicity, clipping)
+        # A probe measures exactly ``batch``: running out of memory is its answer, not a reason to halve.
+        training = training.model_copy(update={"min_physical_batch_size": batch})
         before = resident_bytes(self.device)
         with PeakMemory(self.device) as warmup_window:
             torch.manual_seed(0)

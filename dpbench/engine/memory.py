@@ -91,15 +91,24 @@ class _Sampler(threading.Thread):
         return self.peak
 
 
-def _nvml_reader(device_index: int):
-    try:
-        import pynvml
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA OOM, and the cuDNN/cuBLAS allocation failures that surface as RuntimeErrors."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(marker in text for marker in (
+        "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory"))
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
-        return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-    except Exception:  # NVML missing or not permitted: no NVML number, never a crash
+
+def _nvml_reader(device: torch.device):
+    from dpbench.engine.telemetry import nvml_handle
+
+    handle = nvml_handle(device)
+    if handle is None:  # NVML missing or not permitted: no NVML number, never a crash
         return None
+    import pynvml
+
+    return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
 
 
 def resident_bytes(device: torch.device | str) -> int:
@@ -131,7 +140,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
-            reader = _nvml_reader(self.device.index or 0)
+            reader = _nvml_reader(self.device)
             if reader is not None:
                 self._nvml = _Sampler(reader, 0.01)
                 self._nvml.start()

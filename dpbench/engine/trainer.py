@@ -10,6 +10,10 @@ Per logical step t = 1..T:
    (timestep, noise, label-dropout) draws. Drawn per logical batch, so the physical batch size and
    the number of processes never change what an example sees.
 3. **Virtual batches**: the logical batch (this process's shard of it) is processed in physical chunks.
+   A chunk that runs out of GPU memory is dropped and redone at half the physical batch (down to
+   ``training.min_physical_batch_size``): nothing of it was counted yet, the draws were made before
+   and the noise is added after the chunks, so the step's update is the one the smaller physical
+   batch computes, at no cost in privacy.
 4. **Noise multiplicity K**: the K losses are *averaged inside the example's loss* before its
    gradient is clipped, so one example still contributes one gradient of sensitivity-bounded norm
    (treating K rows as K examples would multiply the sensitivity by K).
@@ -28,6 +32,7 @@ private run's loss is a statistic of private data that did not pass through the 
 from __future__ import annotations
 
 import copy
+import logging
 import statistics
 import time
 import warnings
@@ -38,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from dpbench.engine.backends import make_backend
+from dpbench.engine.memory import is_out_of_memory
 from dpbench.models.diffusion import denoising_loss_rows, num_label_rows
 from dpbench.privacy.accounting import Budget, DPStep, epsilon_spent, make_accountant
 from dpbench.privacy.clipping import Clipper, accumulation_dtype
@@ -48,6 +54,7 @@ if TYPE_CHECKING:
 
 # Opacus' hooks on a model whose input needs no grad trigger this harmless PyTorch warning every step.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
+log = logging.getLogger("dpbench")
 
 
 @dataclass
@@ -89,7 +96,8 @@ class DPTrainer:
     ``budget`` (optional) is what the accountant steps against; probes and checks run without one.
     ``reproducible_noise`` derives the DP noise from ``seed``: not a DP release (see noise.py).
     ``canaries`` (the audit) adds gradient canaries to the sampled population; ``distributed`` (one
-    run on several processes) shards each logical batch and all-reduces the clipped sums.
+    run on several processes, dpbench/engine/distributed.py) shards each logical batch and all-reduces
+    the clipped sums; the EMA and the accountant then live on rank 0 only.
     """
 
     def __init__(self, model: nn.Module, scheduler, images: torch.Tensor, labels: torch.Tensor, step: DPStep,
@@ -116,11 +124,12 @@ class DPTrainer:
             raise ValueError("the method left no trainable parameters")
         self.acc_dtype = accumulation_dtype(self.dtype)
         self.optimizer = self._make_optimizer()
-        self.ema = [p.detach().clone() for p in self.params] if training.ema_decay is not None else None
+        self.distributed = distributed
+        self.ema = [p.detach().clone() for p in self.params] if training.ema_decay is not None and self._is_root() else None
         self.backend = make_backend(training.grad_sample_mode, model, self.named_params,
                                     step.noise_multiplicity) if step.private else None
         self.clipper = Clipper(step.clipping, step.expected_batch_size)
-        self.distributed = distributed
+        self.physical_batch_size = step.physical_batch_size  # halved when a chunk runs out of memory
         # Seeded streams (sampling; diffusion draws) make runs comparable across methods of a cell;
         # the DP noise is not seeded from anything written down unless explicitly asked for.
         self.sampling_gen = torch.Generator().manual_seed(derive_seed(seed, 1))
@@ -128,7 +137,7 @@ class DPTrainer:
         self.noise_gen, self.noise_source = noise_generator(self.device, seed if reproducible_noise else None)
         if not step.private:
             self.noise_source = "none"
-        self.accountant = make_accountant(budget.accountant) if budget is not None and step.private else None
+        self.accountant = make_accountant(budget.accountant) if budget is not None and step.private and self._is_root() else None
         self.step = 0
         self.stats = TrainStats()
         # Called with each step's released gradient (noised, averaged: what the DP guarantee covers),
@@ -187,20 +196,21 @@ class DPTrainer:
         if len(real):
             t, noise, labels = self.draw_diffusion_inputs(self.labels[real])
             local = self._shard(torch.arange(len(real), device=real.device))
-            for chunk in local.split(self.config.physical_batch_size) if len(local) else ():
-                x = self.images[real[chunk]]
-                loss_fn = lambda: self.example_losses(x, t[chunk], noise[chunk], labels[chunk])  # noqa: E731
+            done = 0
+            while done < len(local):
+                chunk = local[done:done + self.physical_batch_size]
+                out = self._chunk_or_halve(self.images[real[chunk]], t[chunk], noise[chunk], labels[chunk])
+                if out is None:
+                    continue  # the same examples again, in a smaller chunk
+                sums, norms, loss = out
                 if self.config.private:
-                    sums, norms, loss = self.backend.weighted_sum(loss_fn, self.clipper.weights)
                     self.clipper.observe(norms)
                 else:
-                    loss = loss_fn()
-                    sums = torch.autograd.grad(loss.sum(), self.params, allow_unused=True)
-                    loss = loss.detach()
                     losses.append(loss)
                 for acc, g in zip(summed, sums):
                     if g is not None:
                         acc.add_(g)
+                done += len(chunk)
         if self.canaries is not None and self.config.private and self._is_root():
             sums, norms = self.canaries.weighted_sum(indices[indices >= len(self.images)] - len(self.images),
                                                      self.clipper.weights)
@@ -215,6 +225,32 @@ class DPTrainer:
             self.stats.losses.append(float(torch.cat(losses).mean()))
         divisor = self.step_divisor(indices)
         return [acc / divisor for acc in summed]
+
+    def _chunk_gradient(self, x, t, noise, labels):
+        """(summed gradients, per-example norms or None, losses) of one physical chunk; no side effects."""
+        loss_fn = lambda: self.example_losses(x, t, noise, labels)  # noqa: E731
+        if self.config.private:
+            return self.backend.weighted_sum(loss_fn, self.clipper.weights)
+        loss = loss_fn()
+        return torch.autograd.grad(loss.sum(), self.params, allow_unused=True), None, loss.detach()
+
+    def _chunk_or_halve(self, x, t, noise, labels):
+        """The chunk's gradient; None if it ran out of memory, after halving the physical batch."""
+        floor = self.training.min_physical_batch_size
+        try:
+            return self._chunk_gradient(x, t, noise, labels)
+        except Exception as err:  # noqa: BLE001 - only running out of memory is retried
+            if not is_out_of_memory(err) or self.physical_batch_size <= floor:
+                raise
+        # Outside the handler, so the failed attempt's frames and tensors are already released.
+        if self.backend is not None:
+            self.backend.discard()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        smaller = max(floor, self.physical_batch_size // 2)
+        log.warning("   out of memory at physical batch %d: retrying the chunk at %d", self.physical_batch_size, smaller)
+        self.physical_batch_size = smaller
+        return None
 
     def step_divisor(self, indices: torch.Tensor) -> float:
         """The expected batch size B, never the realised |B|: under Poisson sampling the sum / B is
@@ -338,6 +374,7 @@ class DPTrainer:
             "losses": list(self.stats.losses),
             "examples": self.stats.examples,
             "train_seconds": self.stats.train_seconds,
+            "physical_batch_size": self.physical_batch_size,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -357,6 +394,7 @@ class DPTrainer:
         self.stats.losses = list(state["losses"])
         self.stats.examples = int(state["examples"])
         self.stats.train_seconds = float(state["train_seconds"])
+        self.physical_batch_size = int(state.get("physical_batch_size", self.physical_batch_size))
 
 
 def prepare_model(pretrained: nn.Module, method, num_classes: int, device, dtype=torch.float32) -> nn.Module:

@@ -5,11 +5,21 @@ and saves it with ``save_pretrained`` (safetensors) under ``<cache>/pretrained/<
 key hashes everything that determines the weights (preset, image size, channels, public dataset and
 its options, noise schedule, pretraining settings). Every run of a suite, and every later suite with
 the same settings, reuses it. ``model.pretrained:`` loads a diffusers directory or hub id instead.
+
+At paper scale (ImageNet32: 1.28M images) the public set stays in host memory and each batch is moved
+to the device as it is drawn (the whole set as fp32 would take 15 GB of GPU memory); the forward runs
+under bf16 autocast where the GPU supports it (``pretrain.mixed_precision: auto``); an optional EMA of
+the weights (``pretrain.ema_decay``) is what gets saved. Like fine-tuning, pretraining checkpoints its
+complete state (weights, EMA, optimiser, learning-rate schedule, random stream) atomically every
+``pretrain.checkpoint_seconds`` next to the cache entry, and a killed pretraining resumes from it
+bit-exactly (loaded with ``weights_only=True``); the checkpoint is deleted once the model is saved.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from dpbench.config.suite import Suite, stable_hash
+from dpbench.config.suite import Suite, hashed_settings, stable_hash
 from dpbench.errors import UserError
 from dpbench.models.diffusion import build_unet, denoising_loss_rows, make_noise_scheduler, quiet_diffusers
 
+log = logging.getLogger("dpbench")
 PRETRAIN_FORMAT = 1
 PUBLIC_LABEL_DROPOUT = 0.1  # trains the null-class row, so guidance and unconditional sampling work
 
@@ -51,7 +62,7 @@ def pretrain_spec(suite: Suite, public_num_classes: int) -> dict:
         "channels": public.channels,
         "public": {"name": public.name, "options": public.options, "num_classes": public_num_classes},
         "schedule": {"num_train_timesteps": suite.model.num_train_timesteps, "beta_schedule": suite.model.beta_schedule},
-        "pretrain": suite.pretrain.model_dump(),
+        "pretrain": hashed_settings("pretrain", suite.pretrain.model_dump()),
         "label_dropout": PUBLIC_LABEL_DROPOUT,
     }
 
@@ -86,19 +97,32 @@ def pretrain_cached(suite: Suite, spec: dict, load_images, num_classes: int, *, 
         return PretrainedModel(model, f"cache:{key}", str(path), True, time.perf_counter() - start)
     images, labels = load_images()
     start = time.perf_counter()
-    model, final_loss = pretrain(suite, images, labels, num_classes, device=device, progress=progress)
+    checkpoint = path.parent / f".{key}.checkpoint.pt"
+    if force:
+        checkpoint.unlink(missing_ok=True)
+    model, final_loss = pretrain(suite, images, labels, num_classes, device=device, progress=progress,
+                                 checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     _save_atomic(model, path, {**spec, "final_loss": final_loss, "seconds": seconds, "num_examples": len(images)})
+    checkpoint.unlink(missing_ok=True)
     model = model.cpu()
     return PretrainedModel(model, f"trained:{key}", str(path), False, seconds)
 
 
+def _autocast_dtype(device: torch.device, mixed_precision: str) -> torch.dtype | None:
+    if mixed_precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def pretrain(suite: Suite, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-             device: str = "cpu", progress: bool = True) -> tuple[torch.nn.Module, float]:
-    """Plain (non-private) class-conditional DDPM training on public data."""
+             device: str = "cpu", progress: bool = True, checkpoint: Path | None = None) -> tuple[torch.nn.Module, float]:
+    """Plain (non-private) class-conditional DDPM training on public data, resumable from ``checkpoint``."""
     from tqdm.auto import tqdm
 
-    settings = suite.pretrain
+    from dpbench.results import write_bytes_atomic
+
+    settings, device = suite.pretrain, torch.device(device)
     torch.manual_seed(settings.seed)
     model = build_unet(suite.model.preset, images.shape[-1], images.shape[1], num_classes).to(device)
     scheduler = make_noise_scheduler(suite.model.num_train_timesteps, suite.model.beta_schedule)
@@ -106,26 +130,64 @@ def pretrain(suite: Suite, images: torch.Tensor, labels: torch.Tensor, num_class
     # warm-up over 5% of the steps (at least 2: OneCycleLR divides by the warm-up length)
     lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=settings.steps,
                                                       pct_start=min(0.5, max(0.05, 2.0 / settings.steps)))
-    gen = torch.Generator().manual_seed(settings.seed)
-    images, labels = images.to(device), labels.to(device)
+    gen = torch.Generator().manual_seed(settings.seed)  # on the host: the same stream on every device
+    params = list(model.parameters())
+    ema = [p.detach().clone() for p in params] if settings.ema_decay is not None else None
+    autocast = _autocast_dtype(device, settings.mixed_precision)
+    losses, step = [], 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        gen.set_state(state["generator"])
+        if ema is not None:
+            ema = [e.to(device) for e in state["ema"]]
+        losses, step = list(state["losses"]), int(state["step"])
+        log.info("pretraining resumed from step %d/%d", step, settings.steps)
+
+    def save_checkpoint() -> None:
+        buffer = io.BytesIO()
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "lr_schedule": lr_schedule.state_dict(), "generator": gen.get_state(),
+                    "ema": [e.cpu() for e in ema] if ema is not None else None, "losses": losses, "step": step}, buffer)
+        write_bytes_atomic(checkpoint, buffer.getvalue())
+
     model.train()
-    losses = []
-    bar = tqdm(range(settings.steps), desc=f"pretrain {suite.model.preset} on {suite.data.public.name}",
+    bar = tqdm(total=settings.steps, initial=step, desc=f"pretrain {suite.model.preset} on {suite.data.public.name}",
                unit="step", disable=not progress, dynamic_ncols=True)
-    for _ in bar:
-        idx = torch.randint(0, len(images), (settings.batch_size,), generator=gen).to(device)
-        x, y = images[idx], labels[idx].clone()
-        y[torch.rand(len(y), generator=gen).to(device) < PUBLIC_LABEL_DROPOUT] = num_classes  # null class
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), generator=gen).to(device)
-        noise = torch.randn(x.shape, generator=gen).to(device)
-        loss = denoising_loss_rows(model, scheduler, x, y, t, noise).mean()
+    last_checkpoint = time.monotonic()
+    while step < settings.steps:
+        idx = torch.randint(0, len(images), (settings.batch_size,), generator=gen)
+        x, y = images[idx].to(device, non_blocking=True), labels[idx].clone()  # the set stays on the host
+        y[torch.rand(len(y), generator=gen) < PUBLIC_LABEL_DROPOUT] = num_classes  # null class
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), generator=gen)
+        noise = torch.randn(x.shape, generator=gen)
+        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss = denoising_loss_rows(model, scheduler, x, y.to(device), t.to(device), noise.to(device)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         lr_schedule.step()
+        if ema is not None:
+            decay = min(settings.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, p in zip(ema, params):
+                    e.lerp_(p.detach(), 1 - decay)
         losses.append(loss.item())
+        step += 1
+        bar.update(1)
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.4f}")
+        if checkpoint is not None and step < settings.steps and \
+                time.monotonic() - last_checkpoint >= settings.checkpoint_seconds:
+            save_checkpoint()
+            last_checkpoint = time.monotonic()
+    bar.close()
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
     model.eval()
     tail = losses[-max(1, len(losses) // 10):]
     return model, sum(tail) / len(tail)

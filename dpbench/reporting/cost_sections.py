@@ -32,7 +32,7 @@ def efficiency_section(doc: Document, ctx: ReportContext) -> None:
                        "Left: total peak memory of training per method, DP and ε = ∞ (hatched), stacked by its "
                        "analytic parts; the top part is what the measured total leaves for activations and the "
                        "rest. Right: throughput per method and ε with 95% intervals over seeds."))
-    doc.table(method_epsilon_table(grid, {
+    columns = {
         "total peak memory": mean_cell("total_peak_memory_bytes", format_bytes),
         "one step's peak": mean_cell("peak_memory_bytes", format_bytes),
         "memory kind": lambda runs: format_distinct(r.memory_kind for r in runs),
@@ -40,7 +40,11 @@ def efficiency_section(doc: Document, ctx: ReportContext) -> None:
         "step time (s)": mean_cell("step_time_s"),
         "trainable params": mean_cell("trainable_params"),
         "train time (s)": mean_cell("train_seconds"),
-    }, "efficiency"))
+    }
+    if any(r.energy_joules is not None for r in grid.runs):  # NVML measured it: GPU runs only
+        columns["GPU energy per run (kJ)"] = mean_cell(lambda r: r.energy_joules / 1000 if r.energy_joules is not None
+                                                       else None)
+    doc.table(method_epsilon_table(grid, columns, "efficiency"))
     doc.subsection("Cost of privacy: DP / non-private ratios")
     if not grid.reference_pairs():
         doc.paragraph("No DP run has an ε = ∞ run of the same method and seed to compare with.", "note")

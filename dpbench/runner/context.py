@@ -3,7 +3,8 @@
 :class:`RunnerSettings` is small and picklable: a Ray task or a torchrun rank rebuilds the whole
 :class:`RunContext` from it (the suite file, the results root, the data root, the cache, the device),
 so nothing unpicklable ever crosses a process boundary. The context loads the private data once and
-the pretrained model, the FID reference features and the memory probes lazily.
+the pretrained model, the FID reference features and the memory probes lazily. Under torchrun it also
+holds this process's place in the group (``distributed``; dpbench/engine/distributed.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class RunContext:
     _pretrained: object = None
     _reference_features: object = None
     memory_probes: dict = field(default_factory=dict)  # (method key, physical batch, private, K) -> memory dict
+    distributed: object = None  # a dpbench.engine.distributed.Distributed under torchrun
 
     @classmethod
     def build(cls, settings: RunnerSettings, suite: Suite | None = None) -> "RunContext":
@@ -62,6 +64,11 @@ class RunContext:
     @property
     def progress(self) -> bool:
         return self.settings.progress
+
+    @property
+    def is_root(self) -> bool:
+        """Whether this process writes files: always, except on ranks other than 0 of a torchrun group."""
+        return self.distributed is None or self.distributed.is_root
 
     @property
     def pretrained(self):

@@ -5,6 +5,10 @@ non-private) steps of one physical batch of random images on the suite's archite
 weights: the cost does not depend on them), plus one sampling step. A logical step is
 ⌈B/physical⌉ physical steps, a run is T logical steps; sampling is its denoising steps times the
 batches of samples. Evaluation and public pretraining are not included. Every number is an estimate.
+
+The probe runs at the run's physical batch and, like a run, halves it while it runs out of memory;
+``physical_batch_size: auto`` starts from the expected batch on a GPU. The table shows the batch the
+estimate is for.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def dry_run(settings: RunnerSettings, only: list[str]) -> str:
     from dpbench.models.diffusion import build_unet, make_noise_scheduler
     from dpbench.registry import METHODS
     from dpbench.reporting.tables import text_table
+    from dpbench.runner.batch_size import halving_on_out_of_memory
     from dpbench.runner.devices import resolve_device
     from dpbench.runner.plan import apply_filters, plan_runs
 
@@ -66,20 +71,28 @@ def dry_run(settings: RunnerSettings, only: list[str]) -> str:
         step = p.plan.step
         key = (p.spec.method_key, step.private)
         if key not in probes:
-            probe = StepProbe(model, METHODS.get(p.spec.method)(p.method.options), num_classes,
-                              make_noise_scheduler(), p.training, device, batch=step.physical_batch_size,
-                              private=step.private, image_shape=(ref.channels, ref.image_size, ref.image_size),
-                              noise_multiplicity=step.noise_multiplicity, warmup=1, clipping=step.clipping)
-            seconds = time_interleaved([probe], 2)[0]["step_time_s"]
-            probes[key] = (seconds, probe.memory(steps=1)["total_peak_memory_bytes"])
-            probe.close()
-        seconds, memory = probes[key]
-        train = seconds * math.ceil(step.expected_batch_size / step.physical_batch_size) * step.steps
+            def measure(batch: int, p=p, step=step) -> tuple[float, int]:
+                probe = StepProbe(model, METHODS.get(p.spec.method)(p.method.options), num_classes,
+                                  make_noise_scheduler(), p.training, device, batch=batch, private=step.private,
+                                  image_shape=(ref.channels, ref.image_size, ref.image_size),
+                                  noise_multiplicity=step.noise_multiplicity, warmup=1, clipping=step.clipping)
+                try:
+                    return (time_interleaved([probe], 2)[0]["step_time_s"],
+                            probe.memory(steps=1)["total_peak_memory_bytes"])
+                finally:
+                    probe.close()
+
+            auto = p.physical_batch == "auto" and device.type == "cuda"
+            start = step.expected_batch_size if auto else step.physical_batch_size
+            probes[key] = halving_on_out_of_memory(measure, start, p.training.min_physical_batch_size)
+        (seconds, memory), physical = probes[key]
+        train = seconds * math.ceil(step.expected_batch_size / physical) * step.steps
         sigma = f"{p.plan.budget.noise_multiplier:.4g}" if step.private else "—"
-        rows.append([p.spec.run_id, sigma, f"{step.sample_rate:.4g}", step.steps, step.clipping.mode,
+        rows.append([p.spec.run_id, sigma, f"{step.sample_rate:.4g}", step.steps, step.clipping.mode, physical,
                      f"{train / 60:.1f} min", f"{sampling / 60:.1f} min", f"{memory / 2**20:.0f} MiB"])
-    table = text_table(["run", "σ", "q", "T", "clipping", "train (est.)", "sampling (est.)", "peak memory (est.)"], rows)
-    total = sum(float(r[5].split()[0]) + float(r[6].split()[0]) for r in rows)
+    table = text_table(["run", "σ", "q", "T", "clipping", "physical batch", "train (est.)", "sampling (est.)",
+                        "peak memory (est.)"], rows)
+    total = sum(float(r[6].split()[0]) + float(r[7].split()[0]) for r in rows)
     size = f"N={num_examples}" + ("" if exact else " (nominal: the data is not present)")
     return (f"{table}\n{len(rows)} runs on {device}, {size}; estimated {total:.0f} min of training and sampling "
             "(estimates from a short probe with random weights; evaluation and public pretraining not included)")

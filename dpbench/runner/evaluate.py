@@ -9,36 +9,43 @@ split, and FID / precision / recall against the real reference split.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
 from dpbench.runner.context import RunContext
 
 
-def sample_and_evaluate(ctx: RunContext, model, seed: int, folder: Optional[Path]) -> dict:
+def sample_and_evaluate(ctx: RunContext, model, seed: int, folder: Optional[Path], telemetry=None) -> dict:
+    """Sampling and evaluation metrics; ``telemetry`` (dpbench/engine/telemetry.py), if given, records
+    the two phases."""
     from dpbench.evaluation.classifiers import train_and_evaluate
     from dpbench.evaluation.features import extract_features
     from dpbench.evaluation.metrics import frechet_distance, precision_recall
     from dpbench.evaluation.sampling import balanced_labels, sample_images, save_grid
 
+    phase = telemetry.phase if telemetry is not None else lambda name: nullcontext()
     s, e, m = ctx.suite.sampling, ctx.suite.evaluation, ctx.suite.model
     start = time.perf_counter()
     labels = balanced_labels(s.num_samples, ctx.num_classes)
-    images = sample_images(model, labels, scheduler=s.scheduler, steps=s.steps, guidance_scale=s.guidance_scale,
-                           batch_size=s.batch_size, seed=seed, device=str(ctx.device),
-                           num_train_timesteps=m.num_train_timesteps, beta_schedule=m.beta_schedule,
-                           progress=ctx.progress)
+    with phase("sample"):
+        images = sample_images(model, labels, scheduler=s.scheduler, steps=s.steps, guidance_scale=s.guidance_scale,
+                               batch_size=s.batch_size, seed=seed, device=str(ctx.device),
+                               num_train_timesteps=m.num_train_timesteps, beta_schedule=m.beta_schedule,
+                               progress=ctx.progress)
     out = {"sample_seconds": time.perf_counter() - start}
     if folder is not None:
         save_grid(images, labels, folder / "samples.png", per_class=s.grid_per_class, real=ctx.test)
         out["samples_grid"] = "samples.png"
     start = time.perf_counter()
-    clf = train_and_evaluate(e.classifier, images, labels, ctx.test[0], ctx.test[1], ctx.num_classes,
-                             seeds=e.classifier_seeds, epochs=e.classifier_epochs, batch_size=e.classifier_batch_size,
-                             lr=e.classifier_lr, device=str(ctx.device), progress=ctx.progress)
-    fake = extract_features(e.fid_backbone, images, device=str(ctx.device))
-    real = ctx.reference_features()
-    precision, recall = precision_recall(real, fake, k=e.precision_recall_k)
+    with phase("evaluate"):
+        clf = train_and_evaluate(e.classifier, images, labels, ctx.test[0], ctx.test[1], ctx.num_classes,
+                                 seeds=e.classifier_seeds, epochs=e.classifier_epochs,
+                                 batch_size=e.classifier_batch_size, lr=e.classifier_lr, device=str(ctx.device),
+                                 progress=ctx.progress)
+        fake = extract_features(e.fid_backbone, images, device=str(ctx.device))
+        real = ctx.reference_features()
+        precision, recall = precision_recall(real, fake, k=e.precision_recall_k)
     out.update(
         downstream_accuracy=clf["accuracy"], downstream_accuracy_std=clf["accuracy_std"],
         downstream_accuracies=clf["accuracies"], per_class_accuracy=clf["per_class_accuracy"],

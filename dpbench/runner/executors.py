@@ -1,8 +1,10 @@
 """Executors decide *where* runs execute; the runner decides *what* a run is.
 
-An executor gets the pending runs and the invocation's :class:`RunContext`, performs every run (each
+An executor first prepares what every run needs (the pretrained model and the suite's baselines, both
+cached), then gets the pending runs and the invocation's :class:`RunContext`, performs every run (each
 writes its own result file) and returns the results. A run is fully described by its run id and the
-context's picklable :class:`RunnerSettings`, so a distributed executor ships only those.
+context's picklable :class:`RunnerSettings`, so a distributed executor ships only those
+(dpbench/runner/ray_executor.py).
 """
 
 from __future__ import annotations
@@ -11,13 +13,23 @@ from abc import ABC, abstractmethod
 from typing import Sequence
 
 from dpbench.results import RunResult
-from dpbench.runner.context import RunContext
+from dpbench.runner.context import RunContext, RunnerSettings
 from dpbench.runner.plan import PlannedRun
 
 
 class Executor(ABC):
     def __init__(self, **options):
         self.options = options
+
+    def driver_settings(self, settings: RunnerSettings) -> RunnerSettings:
+        """The settings of this process's own context (where it plans and, locally, runs)."""
+        return settings
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Pretrain (or load) the model and compute the suite's baselines before any run."""
+        from dpbench.runner.baselines import ensure_baselines
+
+        ensure_baselines(ctx)
 
     @abstractmethod
     def execute(self, runs: Sequence[PlannedRun], ctx: RunContext) -> list[RunResult]:
@@ -34,6 +46,8 @@ class LocalExecutor(Executor):
         progress = GridProgress(len(runs))
         results = []
         for planned in runs:
-            results.append(run_cell(ctx, planned))
-            progress.finished(planned.spec.run_id, results[-1].status)
+            result = run_cell(ctx, planned)
+            if result is not None:  # None: a torchrun rank other than 0 took part in the training
+                results.append(result)
+                progress.finished(planned.spec.run_id, result.status)
         return results

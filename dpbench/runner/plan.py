@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal, Union
 
 from dpbench.config.suite import (ClippingSpec, MethodSpec, QuantileClipping, RunSpec, Suite, TrainingSettings,
                                   expand_runs, run_config_hash)
@@ -21,13 +22,19 @@ def clipping_rule(spec: ClippingSpec):
     return ClippingRule(mode="fixed", max_grad_norm=float(spec))
 
 
+# What `physical_batch_size: auto` is where nothing is probed (on CPU, and in `dpbench validate`); on a
+# GPU the run replaces it with the largest batch that fits (dpbench/runner/batch_size.py).
+AUTO_PHYSICAL_BATCH_DEFAULT = 64
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     spec: RunSpec
-    plan: PrivacyPlan
+    plan: PrivacyPlan  # plan.step.physical_batch_size: the setting, or the default for auto
     method: MethodSpec
     training: TrainingSettings  # the suite's training settings with this method's learning rate
     config_hash: str
+    physical_batch: Union[int, Literal["auto"]]  # the method's setting, else the suite's
 
     def as_row(self) -> dict:
         step, budget = self.plan.step, self.plan.budget
@@ -40,7 +47,7 @@ class PlannedRun:
             "steps": step.steps, "clipping": rule.mode,
             "max_grad_norm": None if rule.mode in ("none", "auto") else rule.max_grad_norm,
             "noise_multiplicity": step.noise_multiplicity, "expected_batch_size": step.expected_batch_size,
-            "physical_batch_size": step.physical_batch_size, "accountant": budget.accountant,
+            "physical_batch_size": self.physical_batch, "accountant": budget.accountant,
             "num_examples": step.num_examples, "lr": self.training.lr, "options": self.method.options,
             "config_hash": self.config_hash,
         }
@@ -78,7 +85,7 @@ def check_names(suite: Suite) -> None:
         checks.append((DATASETS, suite.data.public.name, "data.public.name"))
     if suite.model.preset:
         checks.append((PRESETS, suite.model.preset, "model.preset"))
-    checks += [(EXECUTORS, suite.executor, "executor"), (CLASSIFIERS, suite.evaluation.classifier, "evaluation.classifier"),
+    checks += [(EXECUTORS, suite.executor.name, "executor.name"), (CLASSIFIERS, suite.evaluation.classifier, "evaluation.classifier"),
                (FID_BACKBONES, suite.evaluation.fid_backbone, "evaluation.fid_backbone")]
     checks += [(METHODS, m.name, f"methods[{i}].name") for i, m in enumerate(suite.methods)]
     problems = []
@@ -118,7 +125,7 @@ def plan_runs(suite: Suite, data_root: str | None = None, num_examples: int | No
             plans[key] = make_plan(
                 epsilon=eps, delta=pv.delta, accountant=pv.accountant, num_examples=num_examples,
                 expected_batch_size=pv.expected_batch_size, epochs=pv.epochs, steps=pv.steps, clipping=rule,
-                noise_multiplicity=pv.noise_multiplicity, physical_batch_size=pv.physical_batch_size)
+                noise_multiplicity=pv.noise_multiplicity, physical_batch_size=1)  # per method, below
         return plans[key]
 
     out = []
@@ -129,8 +136,11 @@ def plan_runs(suite: Suite, data_root: str | None = None, num_examples: int | No
         except UserError as err:
             problems += [p for p in err.problems if p not in problems]
             continue
+        setting = method.physical_batch_size if method.physical_batch_size is not None else pv.physical_batch_size
+        physical = min(AUTO_PHYSICAL_BATCH_DEFAULT, plan.step.expected_batch_size) if setting == "auto" else setting
+        plan = replace(plan, step=replace(plan.step, physical_batch_size=physical))
         out.append(PlannedRun(spec, plan, method, method_training(suite, method),
-                              run_config_hash(suite, spec, num_examples)))
+                              run_config_hash(suite, spec, num_examples), setting))
     if problems:
         raise UserError(problems)
     return out

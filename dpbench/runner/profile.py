@@ -66,36 +66,29 @@ def measure_pair(target: ProfileTarget, label: str, method_name: str, options: d
             for mode, m, t in zip(modes, memory, timing)]
 
 
-def _out_of_memory(err: BaseException) -> bool:
-    """CUDA OOM, and the cuDNN/cuBLAS allocation failures that surface as RuntimeErrors."""
-    if isinstance(err, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and any(marker in text for marker in (
-        "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory"))
-
-
 def _fits(run, batch: int) -> bool:
+    from dpbench.engine.memory import is_out_of_memory
+
     try:
         run(batch)
         return True
     except Exception as err:  # noqa: BLE001 - only allocation failures mean "does not fit"
-        if not _out_of_memory(err):
+        if not is_out_of_memory(err):
             raise
-        torch.cuda.empty_cache()
-        return False
+    torch.cuda.empty_cache()  # outside the handler: the failed attempt's frames are released first
+    return False
 
 
 def find_max_batch(run, start: int = 8, limit: int = 1 << 16) -> int | None:
-    """The largest batch for which ``run(batch)`` fits: doubling to bracket it, then bisection (not only
-    powers of two)."""
+    """The largest batch up to ``limit`` for which ``run(batch)`` fits: doubling to bracket it, then
+    bisection (not only powers of two); None if ``start`` does not fit."""
     if not _fits(run, start):
         return None
     low, high = start, None
     while high is None:
-        candidate = low * 2
-        if candidate > limit:
+        if low >= limit:
             return low
+        candidate = min(low * 2, limit)
         if _fits(run, candidate):
             low = candidate
         else:

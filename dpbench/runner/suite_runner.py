@@ -3,13 +3,17 @@
 A finished run is skipped only when its ``config_hash`` matches the suite as it is now. A finished run
 whose settings changed is never skipped silently: the command stops (exit 2) naming the changed runs
 and the ways forward — a new results directory, or ``--rerun-changed``. Failed runs are retried.
+
+Under ``torchrun --nproc-per-node N`` every process runs this: each cell is trained by all N together
+(dpbench/engine/distributed.py); rank 0 alone pretrains, computes the baselines, samples, evaluates and
+writes files, while the others wait for it at the next collective.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dpbench.errors import UserError
@@ -51,11 +55,30 @@ def split_finished(ctx: RunContext, planned: list[PlannedRun]) -> tuple[list, li
 
 
 def run_suite(settings: RunnerSettings, only: list[str] = (), rerun_changed: bool = False) -> GridOutcome:
+    from dpbench.config.suite import load_suite
+    from dpbench.engine.distributed import Distributed, launched_with_several_processes
     from dpbench.registry import EXECUTORS
-    from dpbench.runner.baselines import baselines_current, ensure_baselines
+    from dpbench.runner.devices import resolve_device
 
-    ctx = RunContext.build(settings)
-    suite = ctx.suite
+    suite = load_suite(settings.suite_path)
+    executor = EXECUTORS.get(suite.executor.name, "executor.name")(**suite.executor.model_dump(exclude={"name"}))
+    distributed = None
+    if launched_with_several_processes():
+        distributed = Distributed.from_env(resolve_device(settings.device or suite.device).type)
+        settings = replace(settings, device=str(distributed.device))
+    try:
+        ctx = RunContext.build(executor.driver_settings(settings), suite)
+        ctx.distributed = distributed
+        return _run_grid(ctx, executor, only, rerun_changed)
+    finally:
+        if distributed is not None:
+            distributed.close()
+
+
+def _run_grid(ctx: RunContext, executor, only: list[str], rerun_changed: bool) -> GridOutcome:
+    from dpbench.runner.baselines import baselines_current
+
+    suite, settings = ctx.suite, ctx.settings
     planned = planned_grid(ctx, only)
     done, changed, pending = split_finished(ctx, planned)
     if changed and not rerun_changed:
@@ -63,18 +86,25 @@ def run_suite(settings: RunnerSettings, only: list[str] = (), rerun_changed: boo
         raise UserError(f"{ctx.results_dir}: {len(changed)} finished run(s) were made with other settings than "
                         f"{settings.suite_path} now has: {names} — use a new --results-dir, or --rerun-changed to "
                         "run them again")
-    pending = changed + pending
-    ctx.results_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(ctx.results_dir / "suite.yaml", Path(settings.suite_path).read_bytes(), inside=ctx.results_dir)
-    for p in changed:  # a re-run starts from scratch, not from a checkpoint of the old settings
-        (run_dir(ctx.results_dir, p.spec.run_id) / "result.json").unlink(missing_ok=True)
+    rerun = {p.spec.run_id for p in changed + pending}
+    pending = [p for p in planned if p.spec.run_id in rerun]  # in the grid's order, the same on every torchrun rank
+    if ctx.is_root:
+        ctx.results_dir.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(ctx.results_dir / "suite.yaml", Path(settings.suite_path).read_bytes(), inside=ctx.results_dir)
+        for p in changed:  # a re-run starts from scratch, not from a checkpoint of the old settings
+            (run_dir(ctx.results_dir, p.spec.run_id) / "result.json").unlink(missing_ok=True)
+    if ctx.distributed is not None:
+        where = f"{ctx.distributed.world_size} processes ({ctx.device.type})"
+    else:
+        where = str(ctx.device) if suite.executor.name == "local" else f"executor {suite.executor.name}"
     log.info("dpbench: suite %r: %d runs (%d already finished, %d to run) on %s; results in %s", suite.name,
-             len(planned), len(done), len(pending), ctx.device, ctx.results_dir)
+             len(planned), len(done), len(pending), where, ctx.results_dir)
     wall = time.perf_counter()
-    if pending or not baselines_current(ctx):
-        ensure_baselines(ctx)
-    executor = EXECUTORS.get(suite.executor, "executor")()
+    if ctx.is_root and (pending or not baselines_current(ctx)):
+        executor.prepare(ctx)
+    if ctx.distributed is not None:  # the pretrained model is in the cache before any rank loads it
+        ctx.distributed.barrier()
     results = executor.execute(pending, ctx)
     return GridOutcome(results_dir=ctx.results_dir, ran=len(pending), skipped=len(done),
                        seconds=time.perf_counter() - wall, failed=[r for r in results if r.status == "failed"],
-                       csv=rebuild_csv(ctx.results_dir))
+                       csv=rebuild_csv(ctx.results_dir) if ctx.is_root else None)
