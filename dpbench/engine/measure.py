@@ -7,9 +7,11 @@ of the private data's shape: it costs no privacy and can be repeated. Two number
 - ``peak_memory_bytes``: the step alone, above what was allocated before it (median of 3 single-step
   peaks after warm-up steps), which isolates the DP step's own cost;
 - ``total_peak_memory_bytes``: the peak of training in total — what training holds between steps
-  (weights, optimizer state such as Adam's 2×P for full fine-tuning, EMA), measured from before the
-  model copy was made, plus that step peak (activations, per-sample state); what a user pays. CUDA:
-  allocated bytes (the reserved peak is recorded too); CPU: resident set.
+  (weights, optimizer state such as Adam's 2×P for full fine-tuning, EMA) plus that step peak
+  (activations, per-sample state); what a user pays. CUDA: the held part is measured (allocated bytes
+  from before the model copy; the reserved peak is recorded too). CPU: the held part is counted from
+  the tensors (resident-set deltas of allocations this size were not repeatable), the step is the
+  measured resident-set peak.
 
 On CPU precise RSS accounting makes allocation slow, so timed steps run without it (see memory.py).
 Measured this way the same step repeats to within ~1% in one process on CPU (up to 15% across fresh
@@ -67,15 +69,22 @@ class StepProbe:
         step = probe_step(batch, private, noise_multiplicity, clipping)
         # A probe measures exactly ``batch``: running out of memory is its answer, not a reason to halve.
         training = training.model_copy(update={"min_physical_batch_size": batch})
-        before = resident_bytes(self.device)
+        before = resident_bytes(self.device) if self.device.type == "cuda" else 0
         with PeakMemory(self.device) as warmup_window:
             torch.manual_seed(0)
             model = prepare_model(pretrained, method, num_classes, self.device)
             self.trainer = DPTrainer(model, scheduler, images, labels, step, training, 0, self.device)
             for _ in range(max(1, warmup)):
                 self.trainer.train_step()
-        self.held_between_steps = max(0, resident_bytes(self.device) - before)
         self.total_reserved_bytes = warmup_window.reserved_bytes
+        if self.device.type == "cuda":
+            self.held_between_steps = max(0, resident_bytes(self.device) - before)
+        else:
+            # The process's resident set moved by ±50% between probes of the same method (glibc reuses
+            # freed heap pages for the many small tensors): on CPU what training holds between steps is
+            # counted exactly instead — the model copy, optimizer state and EMA — and only the step is measured.
+            held = memory_breakdown(self.trainer)
+            self.held_between_steps = held["parameters"] + held["optimizer_state"] + held["ema"]
 
     def memory(self, steps: int = 3) -> dict:
         peaks, nvml, kind = [], [], None
