@@ -61,3 +61,24 @@ def test_tune_selects_on_a_public_proxy_and_writes_a_tuned_suite(tmp_path, monke
     assert tuned["methods"][1]["max_grad_norm"] == float(chosen["lora"].clipping)
     assert (folder / record.tuned_suite).read_text().startswith("# Learning rates")
     assert "selected" in capsys.readouterr().out
+
+
+def test_the_proxy_renames_its_classes_so_the_pretrained_embedding_is_not_already_right():
+    """Private class i starts from public class i's embedding: an unrenamed proxy would need no learning."""
+    import torch
+
+    from dpbench.runner.tune import derangement, proxy_split
+
+    labels = torch.arange(5000) % 10
+    images = torch.arange(5000, dtype=torch.float32)[:, None, None, None].expand(5000, 1, 2, 2)
+    splits = proxy_split(images, labels, 10, 1437)
+    perm = derangement(10)
+    assert not (perm == torch.arange(10)).any()
+    for name in ("train", "test"):
+        x, y = splits[name]
+        original = x[:, 0, 0, 0].long() % 10
+        assert torch.equal(y, perm[original]) and not (y == original).any()
+    x, y = splits["pretrain"]
+    assert torch.equal(y, x[:, 0, 0, 0].long() % 10), "pretraining keeps the public names"
+    used = torch.cat([splits[n][0][:, 0, 0, 0] for n in ("train", "test", "pretrain")])
+    assert len(used.unique()) == len(used) and len(splits["train"][0]) == 1437, "disjoint splits, N examples"

@@ -11,8 +11,12 @@ training set, shuffled with a fixed seed, is split into
 - the rest, on which a proxy model is pretrained with the suite's pretraining settings (cached), so
   the proxy private examples are never seen in pretraining — as in the real task.
 
-Labels are the public classes; with more public classes than private ones, only the first K public
-classes are kept. Every candidate (method × lr × C) is a real run of the suite's DP loop; the
+Labels are the public classes, renamed by a fixed derangement (no class keeps its number): the private
+class embedding starts from the public rows (private class i from public class i), which on an
+unrenamed proxy would already be right, and the proxy would measure nothing. Renamed, the method must
+learn under DP which class generates what, as on the real task — though the proxy's classes are
+shapes the model already draws, so it is an easier task than learning new ones. With more public
+classes than private ones, only the first K public classes are kept. Every candidate (method × lr × C) is a real run of the suite's DP loop; the
 candidate with the highest mean proxy accuracy is selected per method. Output under
 ``<results>/<suite>/tune/``: the runs, ``tune.json`` (:class:`dpbench.results.TuneResult`) and
 ``<suite>-tuned.yaml``, the suite with the selected values and a header saying where they came from.
@@ -40,6 +44,15 @@ FIXED_LR_FACTORS = (0.25, 1.0, 4.0)
 FIXED_C_FACTORS = (0.01, 0.1, 1.0)
 
 
+def derangement(n: int) -> torch.Tensor:
+    """A fixed permutation of 0..n-1 with no fixed point (the first seeded shuffle that has none)."""
+    gen = torch.Generator().manual_seed(PROXY_SEED)
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        if n < 2 or not (perm == torch.arange(n)).any():
+            return perm
+
+
 def proxy_split(images: torch.Tensor, labels: torch.Tensor, num_classes: int, train_size: int) -> dict:
     """Disjoint proxy splits of the public data: pretrain, train (N examples), test."""
     keep = labels < num_classes
@@ -54,7 +67,9 @@ def proxy_split(images: torch.Tensor, labels: torch.Tensor, num_classes: int, tr
                         f"for a proxy of the private size N={train_size} plus a test split and a pretraining set")
     parts = {"train": order[:train_size], "test": order[train_size:train_size + test_size],
              "pretrain": order[train_size + test_size:]}
-    return {name: (images[idx], labels[idx]) for name, idx in parts.items()}
+    # The proxy model is pretrained on the public names; the proxy task renames its classes.
+    rename = {"train": derangement(num_classes), "test": derangement(num_classes), "pretrain": torch.arange(num_classes)}
+    return {name: (images[idx], rename[name][labels[idx]]) for name, idx in parts.items()}
 
 
 def candidates(method: MethodSpec, suite: Suite, lrs: list[float] | None) -> list[tuple[float, object]]:
@@ -115,7 +130,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     ctx = RunContext(settings, proxy_suite, device, tune_dir)
     ctx.train, ctx.test, ctx.num_classes = splits["train"], splits["test"], num_classes
     spec = {**pretrain_spec(suite, num_classes), "proxy": {"seed": PROXY_SEED, "held_out": n + len(ctx.test[0]),
-                                                          "classes": num_classes}}
+                                                          "classes": num_classes, "renamed": True}}
     ctx._pretrained = pretrain_cached(suite, spec, lambda: splits["pretrain"], num_classes,
                                       cache_dir=settings.cache_dir, device=str(device), progress=settings.progress)
     log.info("dpbench tune: %d candidates × %d seed(s) at ε=%s on a proxy of %s (N=%d, test %d, pretrain %d)",
@@ -129,7 +144,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     tuned_name = f"{suite.name}-tuned.yaml"
     record = TuneResult(suite=suite.name, proxy=f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, "
                         f"{len(ctx.test[0])} proxy-test, {len(splits['pretrain'][0])} pretraining examples; "
-                        f"classes 0..{num_classes - 1}", epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
+                        f"classes 0..{num_classes - 1} renamed by a fixed derangement", epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
                         tuned_suite=tuned_name, **provenance(device))
     write_model(tune_dir / "tune.json", record, inside=tune_dir)
     write_bytes_atomic(tune_dir / tuned_name, _tuned_yaml(settings.suite_path, record).encode(), inside=tune_dir)
