@@ -132,6 +132,25 @@ def test_cost_model_ghosts_single_position_layers_and_instantiates_attention_and
     assert paths["down_blocks.0.resnets.0.conv1"] == "instantiate"
 
 
+def test_rank_r_convs_shift_the_gradient_and_wide_convs_go_per_tap(monkeypatch):
+    decisions = {}
+
+    def spy(layout):
+        decision = choose(layout)
+        decisions[layout.input.shape[1], layout.grad.shape[1], len(layout.taps)] = decision
+        return decision
+
+    choose = bookkeeping._shift_gradient
+    monkeypatch.setattr(bookkeeping, "_shift_gradient", spy)
+    for method in ("full", "loda"):
+        case = UNetCase(method, rows_per_example=1)
+        BookKeepingClipper(case.model, case.params, 1).weighted_sum(case.losses, lambda n: torch.ones_like(n))
+    rank_r = {key: shift for key, shift in decisions.items() if key[1] == 4 and key[2] == 9}
+    square = {key: shift for key, shift in decisions.items() if key[0] == key[1] and key[2] == 9}
+    assert rank_r and all(rank_r.values())  # LoDA's rank-4 3x3 A convolutions
+    assert square and not any(square.values())  # the UNet's own C -> C 3x3 convolutions
+
+
 @pytest.mark.parametrize("path", ["ghost", "instantiate"])
 def test_a_conv_offset_off_by_one_is_caught(monkeypatch, path):
     """The comparison can fail: shift every kernel tap by one pixel and the norms (and, where instantiated, the
@@ -236,9 +255,11 @@ def reference_for_rows(model, params, x, rows_per_example, batch):
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
-@pytest.mark.parametrize("path", ["ghost", "instantiate"])
+@pytest.mark.parametrize("path,kernel", [("ghost", None), ("instantiate", "per-tap"), ("instantiate", "shifted")])
 @pytest.mark.parametrize("conv", list(CONVS))
-def test_conv_variants_channels_last_and_a_module_called_twice(conv, path):
+def test_conv_variants_channels_last_and_a_module_called_twice(monkeypatch, conv, path, kernel):
+    """Every conv variant, each way: ghost norm, instantiated per tap, instantiated by the shifted gradient."""
+    monkeypatch.setattr(bookkeeping, "_shift_gradient", lambda layout: kernel == "shifted")
     torch.manual_seed(0)
     model = TwiceConv(nn.Conv2d(**CONVS[conv])).double()
     params = list(model.parameters())

@@ -30,10 +30,12 @@ flat buffer [b, C_in, phases, L'] — the s_h·s_w stride phases of the image, r
 copies of an example one after another — and zero-pads the output gradient onto a grid [b, C_out, L]
 of the same row width, so that for every tap the input pixels that meet the L grid positions form a
 *unit-stride view* of the buffer: no C_in·k²×HW tensor, and the grid's spare columns carry g = 0,
-so the values they read never count. Per tap, instantiation is one batched matmul [b, C_out, L] ×
-[b, L, C_in] written in place into the per-example gradient, and the ghost norm's input Gram matrix
-is Σ_taps Vᵀ V ([b, L, L]). Whatever the input's strides (diffusers hands convolutions channels_last-
-strided tensors), the one copy into the buffer reads it correctly.
+so the values they read never count. Instantiation is one batched matmul per tap, [b, C_out, L] ×
+[b, L, C_in] written in place into the per-example gradient — or, when the output channels are few
+(rank-r adapters), a single matmul against the gradient copied to every tap's offset, which reads
+the input once instead of k_h·k_w times (:func:`_shift_gradient` picks by bytes moved). The ghost
+norm's input Gram matrix is Σ_taps Vᵀ V ([b, L, L]). Whatever the input's strides (diffusers hands
+convolutions channels_last-strided tensors), the one copy into the buffer reads it correctly.
 
 Cost model (multiply-adds per layer and step; b examples, S positions per example, P weight elements;
 for a conv d_in = C_in·k_h·k_w, d_out = C_out and S counts the grid's spare positions):
@@ -44,7 +46,9 @@ for a conv d_in = C_in·k_h·k_w, d_out = C_out and S counts the grid's spare po
                + 2·b·P                      their norms and the weighted sum w @ G
 
 The ghost path is taken when it is cheaper: S²·(d_in + d_out + 1) < 2·P. Instantiating costs the
-same contraction as the ghost path's weighted sum, done once and reused, so it wins unless S is tiny:
+same contraction as the ghost path's weighted sum, done once and reused, so it wins unless S is tiny
+(forcing the ghost norm on the attention projections, as fastDP's memory rule T² < P would, made the
+attention and LoRA DP steps ~20% slower on CPU):
 in diffusers' UNet2DModel the ghost norm is chosen for the time-embedding and ``time_emb_proj``
 linears and the class embedding (S = K), and per-example gradients are instantiated for attention
 projections (S = 49…196 tokens) and every convolution. The price of instantiating is memory: b·P per
@@ -251,11 +255,35 @@ class _ConvLayout:
 
     def add_weight_grads(self, out: torch.Tensor, accumulate: bool) -> None:
         """Write (or add) this call's per-example weight gradients into ``out`` [b, taps, C_out, C_in]."""
-        for tap in range(len(self.taps)):
+        batch, c_out, _ = self.grad.shape
+        if _shift_gradient(self):
+            # one matmul [b, taps·C_out, phases·size] x [b, phases·size, C_in] against the gradient placed
+            # at every tap's offset: the input is read once, not once per tap
+            phases, size = self.input.shape[2:]
+            shifted = self.grad.new_zeros(batch, len(self.taps), c_out, phases, size)
+            for tap, (phase, offset) in enumerate(self.taps):
+                shifted[:, tap, :, phase, offset:offset + self.length] = self.grad
+            products = [(shifted.view(batch, -1, phases * size), self.input.view(batch, -1, phases * size).mT,
+                         out.view(batch, -1, out.shape[-1]))]
+        else:
+            products = [(self.grad, self.input_view(tap).mT, out[:, tap]) for tap in range(len(self.taps))]
+        for left, right, target in products:
             if accumulate:
-                out[:, tap].baddbmm_(self.grad, self.input_view(tap).transpose(1, 2))
+                target.baddbmm_(left, right)
             else:
-                torch.bmm(self.grad, self.input_view(tap).transpose(1, 2), out=out[:, tap])
+                torch.bmm(left, right, out=target)
+
+
+def _shift_gradient(layout: _ConvLayout) -> bool:
+    """Instantiate by shifting the gradient (one matmul) rather than per tap, when that moves fewer bytes.
+
+    Per tap reads the input once per tap: taps·C_in·L. The shifted gradient is written and read once and
+    the input read once, over every phase: (2·taps·C_out + C_in)·phases·size. The multiply-adds are the
+    same for one phase. The shift wins for few output channels — LoDA/LoRA's rank-r A convolutions.
+    """
+    _, c_in, phases, size = layout.input.shape
+    c_out, taps = layout.grad.shape[1], len(layout.taps)
+    return (2 * taps * c_out + c_in) * phases * size < taps * c_in * layout.length
 
 
 class _Conv2dLayer(_Layer):
@@ -297,8 +325,8 @@ class _Conv2dLayer(_Layer):
         input_gram = 0
         for tap in range(len(layouts[0].taps)):
             view = torch.cat([lay.input_view(tap) for lay in layouts], 2)
-            input_gram = input_gram + torch.bmm(view.transpose(1, 2), view)
-        return (input_gram * torch.bmm(grad.transpose(1, 2), grad)).sum((1, 2))
+            input_gram = input_gram + torch.bmm(view.mT, view)
+        return (input_gram * torch.bmm(grad.mT, grad)).sum((1, 2))
 
     def _weighted_contraction(self, w: torch.Tensor) -> torch.Tensor:
         conv = self.module
