@@ -1,0 +1,356 @@
+"""Book-keeping clipping (dpbench/engine/bookkeeping.py) against explicit per-example autograd loops.
+
+Every per-example gradient the clipper can return is checked: with one-hot weights e_i the weighted sum
+*is* example i's gradient. Models: the tiny class-conditional UNet with attention for every method,
+in float64, plus small hand-built models for what the UNet does not exercise (padding modes, strides,
+dilation, a module called twice, LayerNorm, embeddings with a padding row).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dpbench.engine import bookkeeping
+from dpbench.engine.bookkeeping import BookKeepingClipper
+from dpbench.engine.trainer import DPTrainer, OptimSettings, prepare_model
+from dpbench.models.diffusion import build_unet, make_noise_scheduler
+from dpbench.privacy.accounting import PrivacyPlan
+from dpbench.registry import METHODS, load_builtin_entries
+
+load_builtin_entries()
+
+TOL = 1e-9
+BATCH = 4
+METHOD_CASES = {
+    "full": ("full", {}),
+    "bias": ("bias", {}),
+    "attention": ("attention", {}),
+    "lora": ("lora", {"target": "all"}),
+    "loda-linear": ("loda", {"target": "all", "hidden": 0}),
+    "loda": ("loda", {"target": "all", "hidden": 4}),
+}
+
+
+class UNetCase:
+    """A tiny UNet prepared for one method, a batch, and its per-example losses as DPTrainer builds them."""
+
+    def __init__(self, method: str, rows_per_example: int, dtype=torch.float64, seed: int = 0):
+        name, options = METHOD_CASES[method]
+        torch.manual_seed(seed)
+        model = prepare_model(build_unet("tiny", 8, 1, 3), METHODS.get(name)(options), 3, "cpu", dtype)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # zero-initialised adapters (B = 0) would make the A gradients vanish
+            for p in model.parameters():
+                if p.requires_grad and not p.any():
+                    p.normal_(0, 0.1, generator=gen)
+        images = torch.rand(BATCH, 1, 8, 8, generator=gen, dtype=dtype) * 2 - 1
+        labels = torch.randint(0, 3, (BATCH,), generator=gen)
+        plan = PrivacyPlan(epsilon=math.inf, delta=1e-5, accountant="rdp", sample_rate=1.0, steps=1,
+                           expected_batch_size=BATCH, noise_multiplier=0.0, max_grad_norm=math.inf,
+                           noise_multiplicity=rows_per_example, physical_batch_size=BATCH, num_examples=BATCH)
+        # label dropout: the K copies of one example can carry different class-embedding rows
+        settings = OptimSettings(optimizer="sgd", ema_decay=None, label_dropout=0.5)
+        self.trainer = DPTrainer(model, make_noise_scheduler(), images, labels, plan, settings, seed, "cpu")
+        self.model, self.params, self.rows_per_example = model, self.trainer.params, rows_per_example
+        self.inputs = (self.trainer.images, *self.trainer.draw_diffusion_inputs(self.trainer.images, self.trainer.labels))
+
+    def losses(self, examples=slice(None)) -> torch.Tensor:
+        x, t, noise, labels = (z[examples] for z in self.inputs)
+        return self.trainer.example_losses(x, t, noise, labels)
+
+    def reference_grads(self) -> list[list[torch.Tensor]]:
+        return [list(torch.autograd.grad(self.losses(slice(i, i + 1)).sum(), self.params)) for i in range(BATCH)]
+
+
+def one_hot(i: int):
+    return lambda norms: nn.functional.one_hot(torch.tensor(i), len(norms)).to(norms.dtype)
+
+
+def errors_against(clipper, loss_fn, params, reference, batch: int) -> dict[str, float]:
+    """Largest relative errors of the clipper's norms, per-example gradients and a random weighted sum."""
+    ref_norms = torch.stack([torch.cat([g.flatten() for g in grads]).norm() for grads in reference])
+
+    def rel(got: list[torch.Tensor], want: list[torch.Tensor], scale: torch.Tensor) -> float:
+        # Per parameter, so that a wrong small parameter cannot hide under the example's whole norm; the floor
+        # is for gradients that are zero up to rounding (attention key biases: softmax ignores a shift).
+        return max(float((a - b).norm() / (b.norm() + 1e-6 * scale)) for a, b in zip(got, want))
+
+    worst_grad = 0.0
+    for i in range(batch):
+        sums, norms, _ = clipper.weighted_sum(loss_fn, one_hot(i))
+        worst_grad = max(worst_grad, rel(sums, reference[i], ref_norms[i]))
+    weights = torch.rand(batch, generator=torch.Generator().manual_seed(1), dtype=ref_norms.dtype)
+    sums, norms, _ = clipper.weighted_sum(loss_fn, lambda n: weights.to(n.dtype))
+    assert norms.dtype == ref_norms.dtype and [s.dtype for s in sums] == [p.dtype for p in params]
+    want = [sum(w * grads[j] for w, grads in zip(weights, reference)) for j in range(len(params))]
+    return {"norm": float(((norms - ref_norms).abs() / ref_norms).max()), "grad": worst_grad,
+            "weighted": rel(sums, want, ref_norms.max())}
+
+
+# ------------------------------------------------------------------------------------------ the UNet
+@pytest.mark.parametrize("rows_per_example", [1, 2])
+@pytest.mark.parametrize("method", list(METHOD_CASES))
+def test_unet_norms_and_per_example_gradients_match_an_explicit_loop(method, rows_per_example):
+    case = UNetCase(method, rows_per_example)
+    reference = case.reference_grads()
+    clipper = BookKeepingClipper(case.model, case.params, rows_per_example)
+    errors = errors_against(clipper, case.losses, case.params, reference, BATCH)
+    assert max(errors.values()) <= TOL, errors
+    for p in case.params:
+        assert p.grad is None and not hasattr(p, "grad_sample")
+    clipper.remove()
+
+
+@pytest.mark.parametrize("path", ["ghost", "instantiate"])
+@pytest.mark.parametrize("method", ["full", "loda"])
+def test_each_forced_path_is_right(method, path):
+    case = UNetCase(method, rows_per_example=2)
+    reference = case.reference_grads()
+    clipper = BookKeepingClipper(case.model, case.params, 2, path=path)
+    errors = errors_against(clipper, case.losses, case.params, reference, BATCH)
+    assert max(errors.values()) <= TOL, errors
+    by_type = {}
+    for name, chosen in clipper.weight_paths.items():
+        by_type.setdefault(type(case.model.get_submodule(name)), set()).add(chosen)
+    assert by_type[nn.Linear] == {path} and by_type[nn.Conv2d] == {path}
+    if method == "full":
+        assert by_type[nn.Embedding] == {path} and by_type[nn.GroupNorm] == {"instantiate"}
+
+
+def test_cost_model_ghosts_single_position_layers_and_instantiates_attention_and_convs():
+    case = UNetCase("full", rows_per_example=1)
+    clipper = BookKeepingClipper(case.model, case.params, 1)
+    clipper.weighted_sum(case.losses, lambda n: torch.ones_like(n))
+    paths = clipper.weight_paths
+    assert paths["class_embedding"] == "ghost"
+    assert paths["time_embedding.linear_1"] == "ghost" and paths["down_blocks.0.resnets.0.time_emb_proj"] == "ghost"
+    assert paths["down_blocks.1.attentions.0.to_q"] == "instantiate"
+    assert paths["down_blocks.0.resnets.0.conv1"] == "instantiate"
+
+
+def test_rank_r_convs_shift_the_gradient_and_wide_convs_go_per_tap(monkeypatch):
+    decisions = {}
+
+    def spy(layout):
+        decision = choose(layout)
+        decisions[layout.input.shape[1], layout.grad.shape[1], len(layout.taps)] = decision
+        return decision
+
+    choose = bookkeeping._shift_gradient
+    monkeypatch.setattr(bookkeeping, "_shift_gradient", spy)
+    for method in ("full", "loda"):
+        case = UNetCase(method, rows_per_example=1)
+        BookKeepingClipper(case.model, case.params, 1).weighted_sum(case.losses, lambda n: torch.ones_like(n))
+    rank_r = {key: shift for key, shift in decisions.items() if key[1] == 4 and key[2] == 9}
+    square = {key: shift for key, shift in decisions.items() if key[0] == key[1] and key[2] == 9}
+    assert rank_r and all(rank_r.values())  # LoDA's rank-4 3x3 A convolutions
+    assert square and not any(square.values())  # the UNet's own C -> C 3x3 convolutions
+
+
+@pytest.mark.parametrize("path", ["ghost", "instantiate"])
+def test_a_conv_offset_off_by_one_is_caught(monkeypatch, path):
+    """The comparison can fail: shift every kernel tap by one pixel and the norms (and, where instantiated, the
+    per-example gradients) are wrong. The ghost path's sums come from conv2d_weight, which uses no offsets."""
+    case = UNetCase("loda", rows_per_example=2)
+    reference = case.reference_grads()
+    correct = bookkeeping._kernel_taps
+    monkeypatch.setattr(bookkeeping, "_kernel_taps",
+                        lambda conv, row_width: [(phase, offset + 1) for phase, offset in correct(conv, row_width)])
+    clipper = BookKeepingClipper(case.model, case.params, 2, path=path)
+    errors = errors_against(clipper, case.losses, case.params, reference, BATCH)
+    assert errors["norm"] > 1e-3
+    if path == "instantiate":
+        assert errors["grad"] > 1e-3
+
+
+def test_unet_hands_convolutions_channels_last_inputs():
+    """So the UNet tests above cover channels_last-strided conv inputs (where Opacus 1.6 goes wrong)."""
+    case = UNetCase("loda", rows_per_example=1)
+    layouts = []
+    hooks = [m.register_forward_hook(lambda m, i, o: layouts.append(i[0].is_contiguous()))
+             for m in case.model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
+    case.losses()
+    for h in hooks:
+        h.remove()
+    assert not all(layouts) and any(layouts)
+
+
+def test_bf16_autocast_norms_fp32_and_each_clipped_contribution_at_most_C():
+    case = UNetCase("loda", rows_per_example=2, dtype=torch.float32)
+    clipper = BookKeepingClipper(case.model, case.params, 2)
+
+    def bf16_losses():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return case.losses()
+
+    _, norms, losses = clipper.weighted_sum(bf16_losses, lambda n: torch.ones_like(n))
+    assert norms.dtype == torch.float32 and losses.dtype == torch.float32
+    max_norm = float(norms.median())  # inside the spread: some examples are clipped, some are not
+    for i in range(BATCH):
+        def clip_only_i(n, i=i):
+            return one_hot(i)(n) * (max_norm / n).clamp(max=1.0)
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the clipper must not run its own math in bf16
+            sums, norms_i, _ = clipper.weighted_sum(bf16_losses, clip_only_i)
+        assert norms_i.dtype == torch.float32 and all(s.dtype == torch.float32 for s in sums)
+        contribution = torch.cat([s.double().flatten() for s in sums]).norm()
+        assert contribution <= max_norm * (1 + 1e-6)
+        if norms_i[i] > max_norm:
+            assert contribution == pytest.approx(max_norm, rel=1e-5)
+
+
+def test_remove_detaches_every_hook_and_no_grad_is_written():
+    case = UNetCase("full", rows_per_example=1)
+    hook_count = lambda: sum(len(m._forward_hooks) for m in case.model.modules())  # noqa: E731
+    before = hook_count()
+    clipper = BookKeepingClipper(case.model, case.params, 1)
+    assert hook_count() == before + len({id(m) for m in case.model.modules()
+                                         if any(p.requires_grad for p in m.parameters(recurse=False))})
+    clipper.weighted_sum(case.losses, lambda n: torch.ones_like(n))
+    assert all(p.grad is None for p in case.model.parameters())
+    clipper.remove()
+    assert hook_count() == before
+
+
+# ------------------------------------------------------------------------------ hand-built models
+class TwiceConv(nn.Module):
+    """Calls one conv twice (at two resolutions) and one linear twice, as a module reused in a forward."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv, self.head = conv, nn.Linear(conv.out_channels, 3)
+        self.register_buffer("mix", torch.randn(3, conv.out_channels))
+
+    def forward(self, x):
+        y = torch.tanh(self.conv(x))
+        z = torch.tanh(self.conv(nn.functional.avg_pool2d(x, 2)))
+        pooled = y.mean((2, 3)) + z.amax((2, 3))
+        return self.head(torch.tanh(self.head(pooled) @ self.mix))
+
+
+CONVS = {
+    "reflect-stride2": dict(in_channels=3, out_channels=5, kernel_size=3, stride=2, padding=1, padding_mode="reflect"),
+    "circular-dilated": dict(in_channels=3, out_channels=4, kernel_size=3, padding=2, dilation=2, padding_mode="circular"),
+    "replicate-anisotropic": dict(in_channels=3, out_channels=4, kernel_size=(3, 2), stride=(2, 1), padding=(1, 2),
+                                  padding_mode="replicate"),
+    "same-even-kernel": dict(in_channels=3, out_channels=4, kernel_size=4, padding="same"),
+    "strided-dilated": dict(in_channels=3, out_channels=4, kernel_size=3, stride=(2, 3), dilation=(3, 2), padding=(2, 1)),
+    "strided-no-pad-no-bias": dict(in_channels=3, out_channels=6, kernel_size=3, stride=3, bias=False),
+}
+
+
+def rows_losses(model, x, rows_per_example):
+    """Per-example losses of row inputs x [b·K, ...]: each example's mean over its K rows."""
+    return lambda: model(x).square().mean(1).view(-1, rows_per_example).mean(1)
+
+
+def reference_for_rows(model, params, x, rows_per_example, batch):
+    k = rows_per_example
+    return [list(torch.autograd.grad(rows_losses(model, x[i * k:(i + 1) * k], k)().sum(), params))
+            for i in range(batch)]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("path,kernel", [("ghost", None), ("instantiate", "per-tap"), ("instantiate", "shifted")])
+@pytest.mark.parametrize("conv", list(CONVS))
+def test_conv_variants_channels_last_and_a_module_called_twice(monkeypatch, conv, path, kernel):
+    """Every conv variant, each way: ghost norm, instantiated per tap, instantiated by the shifted gradient."""
+    monkeypatch.setattr(bookkeeping, "_shift_gradient", lambda layout: kernel == "shifted")
+    torch.manual_seed(0)
+    model = TwiceConv(nn.Conv2d(**CONVS[conv])).double()
+    params = list(model.parameters())
+    k, batch = 2, 3
+    x = torch.randn(batch * k, 3, 12, 12, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    assert not x.is_contiguous()
+    clipper = BookKeepingClipper(model, params, k, path=path)
+    errors = errors_against(clipper, rows_losses(model, x, k), params,
+                            reference_for_rows(model, params, x, k, batch), batch)
+    assert max(errors.values()) <= TOL, errors
+    assert clipper.weight_paths == {"conv": path, "head": path}
+
+
+def test_batches_of_changing_size_reuse_the_per_example_workspace_correctly():
+    """Poisson batches vary: the kept per-example buffers must serve a smaller and then a larger batch again."""
+    torch.manual_seed(0)
+    model = TwiceConv(nn.Conv2d(**CONVS["reflect-stride2"])).double()
+    params = list(model.parameters())
+    k = 2
+    clipper = BookKeepingClipper(model, params, k, path="instantiate")
+    for batch in (3, 2, 4):
+        x = torch.randn(batch * k, 3, 12, 12, dtype=torch.float64)
+        errors = errors_against(clipper, rows_losses(model, x, k), params,
+                                reference_for_rows(model, params, x, k, batch), batch)
+        assert max(errors.values()) <= TOL, (batch, errors)
+
+
+class Tokens(nn.Module):
+    """Embedding with a padding row, LayerNorm, and token-wise linears: inputs [N, T] token ids."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(7, 5, padding_idx=0)
+        self.norm = nn.LayerNorm(5)
+        self.proj = nn.Linear(5, 4)
+
+    def forward(self, tokens):
+        return self.proj(torch.tanh(self.norm(self.embed(tokens)))).flatten(1)
+
+
+@pytest.mark.parametrize("path", ["ghost", "instantiate"])
+def test_embedding_layernorm_and_sequence_linear(path):
+    torch.manual_seed(0)
+    model = Tokens().double()
+    params = list(model.parameters())
+    k, batch = 2, 3
+    tokens = torch.randint(0, 7, (batch * k, 6))
+    tokens[0, :2] = 0  # padding rows get no gradient
+    clipper = BookKeepingClipper(model, params, k, path=path)
+    errors = errors_against(clipper, rows_losses(model, tokens, k), params,
+                            reference_for_rows(model, params, tokens, k, batch), batch)
+    assert max(errors.values()) <= TOL, errors
+    assert clipper.weight_paths == {"embed": path, "norm": "instantiate", "proj": path}
+
+
+def test_only_trainable_parameters_of_a_module_are_summed_in_the_callers_order():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    model[0].weight.requires_grad_(False)
+    params = [model[2].weight, model[0].bias, model[2].bias]
+    x = torch.randn(5, 4, dtype=torch.float64)
+    clipper = BookKeepingClipper(model, params)
+    errors = errors_against(clipper, rows_losses(model, x, 1), params, reference_for_rows(model, params, x, 1, 5), 5)
+    assert max(errors.values()) <= TOL, errors
+
+
+def test_unsupported_or_grouped_modules_are_refused_at_construction():
+    bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    with pytest.raises(NotImplementedError, match=r"BatchNorm1d.*'1'"):
+        BookKeepingClipper(bn, list(bn.parameters()))
+    grouped = nn.Conv2d(4, 4, 3, groups=2)
+    with pytest.raises(NotImplementedError, match="grouped"):
+        BookKeepingClipper(grouped, list(grouped.parameters()))
+    frozen_bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4).requires_grad_(False))
+    BookKeepingClipper(frozen_bn, [p for p in frozen_bn.parameters() if p.requires_grad]).remove()
+
+
+@pytest.mark.parametrize("changed", ["input", "output"])
+def test_a_tensor_changed_in_place_after_the_call_is_refused(changed):
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3, 3)
+
+        def forward(self, x):
+            x = torch.tanh(x)
+            y = self.linear(x)
+            (x if changed == "input" else y).mul_(2)
+            return y
+
+    model = InPlace()
+    clipper = BookKeepingClipper(model, list(model.parameters()))
+    with pytest.raises(RuntimeError, match=f"its {changed} was modified in place"):
+        clipper.weighted_sum(rows_losses(model, torch.randn(2, 3), 1), lambda n: torch.ones_like(n))
