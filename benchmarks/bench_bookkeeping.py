@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import statistics
 import time
 from collections import defaultdict
@@ -30,10 +29,11 @@ from collections import defaultdict
 import torch
 
 from dpbench.engine.bookkeeping import BookKeepingClipper
-from dpbench.engine.trainer import DPTrainer, OptimSettings, prepare_model
+from dpbench.config.suite import TrainingSettings
+from dpbench.engine.measure import probe_step
+from dpbench.engine.trainer import DPTrainer, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
-from dpbench.privacy.accounting import PrivacyPlan
-from dpbench.registry import METHODS, load_builtin_entries
+from dpbench.registry import METHODS
 
 BATCH, IMAGE, CLASSES, MAX_GRAD_NORM = 32, 28, 10, 1.0
 METHOD_CASES = {
@@ -46,11 +46,12 @@ METHOD_CASES = {
 
 
 def trainer_for(model, images, labels, private: bool) -> DPTrainer:
-    plan = PrivacyPlan(epsilon=1.0 if private else math.inf, delta=1e-5, accountant="rdp", sample_rate=1.0, steps=1,
-                       expected_batch_size=BATCH, noise_multiplier=1.0 if private else 0.0,
-                       max_grad_norm=MAX_GRAD_NORM if private else math.inf, noise_multiplicity=1,
-                       physical_batch_size=BATCH, num_examples=BATCH)
-    return DPTrainer(model, make_noise_scheduler(), images, labels, plan, OptimSettings(ema_decay=None), 0, "cpu")
+    from dpbench.privacy.accounting import ClippingRule
+
+    step = probe_step(BATCH, private, clipping=ClippingRule("fixed", MAX_GRAD_NORM))
+    # The Opacus engine, explicitly: this script compares it with the book-keeping clipper.
+    return DPTrainer(model, make_noise_scheduler(), images, labels, step,
+                     TrainingSettings(ema_decay=None, grad_sample_mode="hooks"), 0, "cpu")
 
 
 def clipping_weights(norms: torch.Tensor) -> torch.Tensor:
@@ -92,16 +93,14 @@ def bench_method(method: str, pretrained, steps: int, path: str, profile: bool, 
     opacus = trainer_for(copy.deepcopy(model), images, labels, private=True)
     bk = trainer_for(copy.deepcopy(model), images, labels, private=False)
     clipper = BookKeepingClipper(bk.model, bk.params, 1, path=path)
-    batch = (images, *nonprivate.draw_diffusion_inputs(images, labels))
+    batch = (images, *nonprivate.draw_diffusion_inputs(labels))
 
     def nonprivate_step():
         nonprivate.example_losses(*batch).sum().backward()
         nonprivate.optimizer.zero_grad(set_to_none=True)
 
     def opacus_step():
-        grads, _ = opacus.per_example_gradients(*batch)
-        factors, _ = opacus.clip(grads)
-        return [torch.einsum("i,i...->...", factors, g) for g in grads]
+        return opacus.backend.weighted_sum(lambda: opacus.example_losses(*batch), clipping_weights)
 
     def bk_step():
         return clipper.weighted_sum(lambda: bk.example_losses(*batch), clipping_weights)
@@ -136,7 +135,6 @@ def main() -> None:
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"])
     args = parser.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    load_builtin_entries()
     torch.manual_seed(0)
     pretrained = build_unet("small", IMAGE, 1, CLASSES)
     print(f"small preset, {IMAGE}x{IMAGE}, batch {BATCH}, K=1, float32, {torch.get_num_threads()} threads, "

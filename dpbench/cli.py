@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the report (a SelfcheckReport JSON file) here")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--method", action="append", help="check only these methods (repeatable)")
-    p.add_argument("--grad-sample-mode", default="hooks", help="the per-example gradient engine to check")
+    p.add_argument("--grad-sample-mode", default="bookkeeping", choices=["bookkeeping", "hooks", "functorch"],
+                   help="the per-example clipping engine to check (default: bookkeeping, the default engine)")
     p.add_argument("--inject", metavar="FAULT", help="check a deliberately broken loop (must FAIL): "
                    "low-noise, no-clip, realised-divisor, repeated-noise")
 

@@ -8,7 +8,6 @@ dilation, a module called twice, LayerNorm, embeddings with a padding row).
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -16,12 +15,12 @@ import torch.nn as nn
 
 from dpbench.engine import bookkeeping
 from dpbench.engine.bookkeeping import BookKeepingClipper
-from dpbench.engine.trainer import DPTrainer, OptimSettings, prepare_model
+from dpbench.config.suite import TrainingSettings
+from dpbench.engine.measure import probe_step
+from dpbench.engine.trainer import DPTrainer, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
-from dpbench.privacy.accounting import PrivacyPlan
-from dpbench.registry import METHODS, load_builtin_entries
+from dpbench.registry import METHODS
 
-load_builtin_entries()
 
 TOL = 1e-9
 BATCH = 4
@@ -49,14 +48,12 @@ class UNetCase:
                     p.normal_(0, 0.1, generator=gen)
         images = torch.rand(BATCH, 1, 8, 8, generator=gen, dtype=dtype) * 2 - 1
         labels = torch.randint(0, 3, (BATCH,), generator=gen)
-        plan = PrivacyPlan(epsilon=math.inf, delta=1e-5, accountant="rdp", sample_rate=1.0, steps=1,
-                           expected_batch_size=BATCH, noise_multiplier=0.0, max_grad_norm=math.inf,
-                           noise_multiplicity=rows_per_example, physical_batch_size=BATCH, num_examples=BATCH)
+        step = probe_step(BATCH, private=False, noise_multiplicity=rows_per_example)
         # label dropout: the K copies of one example can carry different class-embedding rows
-        settings = OptimSettings(optimizer="sgd", ema_decay=None, label_dropout=0.5)
-        self.trainer = DPTrainer(model, make_noise_scheduler(), images, labels, plan, settings, seed, "cpu")
+        settings = TrainingSettings(optimizer="sgd", ema_decay=None, label_dropout=0.5)
+        self.trainer = DPTrainer(model, make_noise_scheduler(), images, labels, step, settings, seed, "cpu")
         self.model, self.params, self.rows_per_example = model, self.trainer.params, rows_per_example
-        self.inputs = (self.trainer.images, *self.trainer.draw_diffusion_inputs(self.trainer.images, self.trainer.labels))
+        self.inputs = (self.trainer.images, *self.trainer.draw_diffusion_inputs(self.trainer.labels))
 
     def losses(self, examples=slice(None)) -> torch.Tensor:
         x, t, noise, labels = (z[examples] for z in self.inputs)

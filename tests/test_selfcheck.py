@@ -48,7 +48,7 @@ def test_selfcheck_fails_every_injected_fault(fault, failing):
 def test_selfcheck_fails_without_the_channels_last_workaround():
     assert conv_workaround_enabled()
     with conv_workaround(False):
-        report = run_selfcheck(["full", "loda"])
+        report = run_selfcheck(["full", "loda"], grad_sample_mode="hooks")
     assert conv_workaround_enabled(), "the workaround is restored"
     assert report.passed is False
     for m in report.methods:
@@ -57,15 +57,23 @@ def test_selfcheck_fails_without_the_channels_last_workaround():
         assert any("resnets" in name or "upsamplers" in name for name in m.details)
 
 
-def test_functorch_mode_agrees():
-    report = run_selfcheck(["full", "lora"], grad_sample_mode="functorch")
+@pytest.mark.parametrize("engine", ["hooks", "functorch"])
+def test_every_engine_passes(engine):
+    """The default engine is checked by the CLI test; Opacus' two modes remain selectable and correct."""
+    report = run_selfcheck(["full", "loda"] if engine == "hooks" else ["full", "lora"], grad_sample_mode=engine)
     assert report.passed, report
+
+
+def test_the_default_engine_is_bookkeeping():
+    from dpbench.config.suite import TrainingSettings
+
+    assert TrainingSettings().grad_sample_mode == "bookkeeping" == run_selfcheck(["bias"]).grad_sample_mode
 
 
 def test_selfcheck_exit_code_on_failure():
     code = ("import sys\nfrom dpbench.privacy.grad_samplers import set_conv_workaround\n"
             "set_conv_workaround(False)  # after the import that installs it\n"
-            "from dpbench.cli import main\nsys.exit(main(['selfcheck', '--method', 'full']))")
+            "from dpbench.cli import main\nsys.exit(main(['selfcheck', '--method', 'full', '--grad-sample-mode', 'hooks']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 1 and "FAIL" in proc.stdout
 

@@ -187,8 +187,9 @@ class TrainingSettings(Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     ema_decay: Optional[float] = Field(default=0.999, ge=0, lt=1, description="EMA of trainable weights; null = off")
-    grad_sample_mode: Literal["hooks", "functorch"] = Field(
-        default="hooks", description="per-example gradient engine (all verified by `dpbench selfcheck`)")
+    grad_sample_mode: Literal["bookkeeping", "hooks", "functorch"] = Field(
+        default="bookkeeping", description="per-example clipping engine: bookkeeping (ghost norms and one weighted "
+                                           "contraction), or Opacus' hooks / functorch; each verified by `dpbench selfcheck`")
     label_dropout: float = Field(default=0.0, ge=0, lt=1, description="p of training the null class, for guidance")
     mixed_precision: Literal["auto", "bf16", "no"] = Field(
         default="auto", description="auto: bf16 autocast where CUDA supports it; bf16: also on CPU; no: fp32")

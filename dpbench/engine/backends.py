@@ -5,8 +5,12 @@ returns the per-*example* losses), find each example's gradient norm over all tr
 ask ``weights_fn`` for the weights (the clipping rule, :class:`dpbench.privacy.clipping.Clipper`), and
 return the weighted sum. Norms, weights and sums are float32 or wider, whatever the autocast dtype.
 
+- ``bookkeeping`` (the default): dpbench/engine/bookkeeping.py — one forward, one backward of output
+  gradients only, per-example norms by ghost norm or an unfold-free per-example gradient chosen per
+  layer by cost, and the clipped sum as one weighted contraction per layer (Bu et al.'s book-keeping);
 - ``hooks`` / ``functorch``: Opacus' grad-sample hooks (with dpbench's registered channels_last conv
-  fix, dpbench/privacy/grad_samplers.py) materialise every per-example gradient, B × P.
+  fix, dpbench/privacy/grad_samplers.py) materialise every per-example gradient, B × P (convolutions
+  through ``unfold``).
 
 With weights e_i (one-hot) any backend returns example i's own gradient: the selfcheck and the tests
 use that to compare every backend with an explicit per-example loop.
@@ -102,6 +106,10 @@ class OpacusBackend:
 
 
 def make_backend(mode: str, model: nn.Module, named_params, rows_per_example: int) -> ClippingBackend:
+    if mode == "bookkeeping":
+        from dpbench.engine.bookkeeping import BookKeepingClipper
+
+        return BookKeepingClipper(model, [p for _, p in named_params], rows_per_example)
     if mode in ("hooks", "functorch"):
         return OpacusBackend(model, named_params, rows_per_example, functorch=mode == "functorch")
     raise ValueError(f"unknown grad_sample_mode {mode!r}")

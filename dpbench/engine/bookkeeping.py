@@ -523,6 +523,20 @@ class BookKeepingClipper:
         """How each module's trainable weight got its per-example norms in the last call: "ghost" or "instantiate"."""
         return {layer.name: layer.weight_path for layer in self._layers if layer.weight_path is not None}
 
+    def discard(self) -> None:
+        """Forget what a call that failed part-way (out of memory) recorded, so the chunk can be redone."""
+        for layer in self._layers:
+            layer.calls = []
+
+    def per_example_bytes(self) -> int:
+        """Bytes of one example's instantiated gradients (the layers whose last call instantiated them;
+        before any call, every layer): what the per-example state costs per row of a physical batch."""
+        total = 0
+        for layer in self._layers:
+            if layer.weight_path != "ghost":
+                total += sum(getattr(layer.module, attr).numel() for attr in layer.trainable) * torch.finfo(self.norm_dtype).bits // 8
+        return total
+
     def remove(self) -> None:
         """Remove every hook; the clipper cannot be used afterwards."""
         for handle in self._handles:

@@ -122,7 +122,7 @@ def _flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
 
 
-def check_method(name: str, options: dict | None = None, device: str = "cpu", grad_sample_mode: str = "hooks",
+def check_method(name: str, options: dict | None = None, device: str = "cpu", grad_sample_mode: str = "bookkeeping",
                  seed: int = 0, noise_multiplicity: int = 2, fault: str | None = None) -> SelfcheckMethod:
     result = SelfcheckMethod(method=name)
     try:
@@ -258,7 +258,7 @@ def _noise_is_unpredictable(name, options, device, grad_sample_mode, seed) -> bo
     return bool(not torch.equal(noise_of(False), noise_of(False)) and torch.equal(noise_of(True), noise_of(True)))
 
 
-def run_selfcheck(methods: list[str] | None = None, device: str = "cpu", grad_sample_mode: str = "hooks",
+def run_selfcheck(methods: list[str] | None = None, device: str = "cpu", grad_sample_mode: str = "bookkeeping",
                   fault: str | None = None) -> SelfcheckReport:
     from dpbench.provenance import provenance
     from dpbench.registry import METHODS

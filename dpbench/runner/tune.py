@@ -114,7 +114,6 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     public_root = suite.data_root(public, settings.data_root)
     splits = proxy_split(*load_dataset(public, public_root, "train", download=suite.data.download), num_classes, n)
 
-    proxy_name = f"proxy-{public.name}"
     proxy_methods = [MethodSpec(name=m.name, label=_label(m, lr, c), options=m.options, lr=lr, max_grad_norm=c)
                      for m in chosen for lr, c in candidates(m, suite, lrs)]
     proxy_ref = DatasetRef(name=public.name, image_size=public.image_size, channels=public.channels,
