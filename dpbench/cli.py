@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--methods", help="comma-separated method labels (default: all)")
     p.add_argument("--epsilon", help="the ε to tune at (default: the suite's largest finite ε)")
-    p.add_argument("--lrs", help="comma-separated learning rates (default: the suite's lr × 1/4 … 4)")
+    p.add_argument("--lrs", help="comma-separated learning rates for every method")
+    p.add_argument("--lr-factors", help="comma-separated multiples of each method's lr in the suite "
+                   "(default 0.25,0.5,1,2,4; with a fixed C: 0.25,1,4 × C·(0.01,0.1,1))")
     p.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds per candidate (default 0)")
     p.add_argument("--results-dir", default="results", help="results root; the sweep goes to DIR/<suite>/tune/")
     _add_common(p)
@@ -152,6 +154,19 @@ def main(argv: list[str] | None = None) -> int:
         print("dpbench: internal error (a bug in dpbench, not in your input) — please report it with the traceback "
               "above", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+
+
+def _numbers(text: str | None, option: str, cast) -> list | None:
+    """A comma-separated list of positive numbers from the command line (None when not given)."""
+    if not text:
+        return None
+    try:
+        values = [cast(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 0 or (cast is float and v == 0) for v in values):
+        raise UserError(f"{option} {text!r}: give comma-separated positive numbers, e.g. 0.5,1,2")
+    return values
 
 
 def _in_file(path: str, fn, *args, **kwargs):
@@ -348,10 +363,10 @@ def cmd_tune(args) -> int:
     from dpbench.runner.tune import tune
 
     path, _, settings = _runner_settings(args)
-    lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
-    seeds = [int(v) for v in args.seeds.split(",")]
     folder, record = _in_file(path, tune, settings, methods=args.methods.split(",") if args.methods else None,
-                              epsilon=args.epsilon, lrs=lrs, seeds=seeds)
+                              epsilon=args.epsilon, lrs=_numbers(args.lrs, "--lrs", float),
+                              lr_factors=_numbers(args.lr_factors, "--lr-factors", float),
+                              seeds=_numbers(args.seeds, "--seeds", int))
     rows = [[c.method_label, c.lr, c.clipping, "—" if c.proxy_accuracy is None else f"{c.proxy_accuracy:.3f}",
              "—" if c.proxy_fid is None else f"{c.proxy_fid:.1f}", "selected" if c.selected else ""]
             for c in record.candidates]

@@ -72,12 +72,14 @@ def proxy_split(images: torch.Tensor, labels: torch.Tensor, num_classes: int, tr
     return {name: (images[idx], rename[name][labels[idx]]) for name, idx in parts.items()}
 
 
-def candidates(method: MethodSpec, suite: Suite, lrs: list[float] | None) -> list[tuple[float, object]]:
-    """(lr, clipping spec) pairs to try for one method."""
+def candidates(method: MethodSpec, suite: Suite, lrs: list[float] | None,
+               lr_factors: list[float] | None = None) -> list[tuple[float, object]]:
+    """(lr, clipping spec) pairs to try for one method: ``lrs``, or the method's lr times ``lr_factors``."""
     base_lr = method.lr or suite.training.lr
     clipping = method.max_grad_norm if method.max_grad_norm is not None else suite.privacy.max_grad_norm
     fixed = isinstance(clipping, (int, float)) and not isinstance(clipping, bool)
-    grid = lrs or [base_lr * f for f in (FIXED_LR_FACTORS if fixed else DEFAULT_LR_FACTORS)]
+    factors = lr_factors or (FIXED_LR_FACTORS if fixed else DEFAULT_LR_FACTORS)
+    grid = lrs or [base_lr * f for f in factors]
     clips = [clipping * f for f in FIXED_C_FACTORS] if fixed else [clipping]
     return [(float(f"{lr:.3g}"), c) for lr in grid for c in clips]
 
@@ -88,7 +90,8 @@ def _label(method: MethodSpec, lr: float, clipping) -> str:
 
 
 def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon: str | None = None,
-         lrs: list[float] | None = None, seeds: list[int] | None = None) -> tuple[Path, TuneResult]:
+         lrs: list[float] | None = None, lr_factors: list[float] | None = None,
+         seeds: list[int] | None = None) -> tuple[Path, TuneResult]:
     from dpbench.data.base import dataset_num_classes, dataset_train_size, load_dataset
     from dpbench.models.pretrain import pretrain_cached, pretrain_spec
     from dpbench.provenance import provenance
@@ -115,7 +118,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     splits = proxy_split(*load_dataset(public, public_root, "train", download=suite.data.download), num_classes, n)
 
     proxy_methods = [MethodSpec(name=m.name, label=_label(m, lr, c), options=m.options, lr=lr, max_grad_norm=c)
-                     for m in chosen for lr, c in candidates(m, suite, lrs)]
+                     for m in chosen for lr, c in candidates(m, suite, lrs, lr_factors)]
     proxy_ref = DatasetRef(name=public.name, image_size=public.image_size, channels=public.channels,
                            options=public.options)
     proxy_suite = suite.model_copy(update={
