@@ -17,10 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = yaml.safe_load((REPO / "suites" / "quickstart.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["quickstart", "mnist10k-cpu", "mnist", "cifar10"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "suites").glob("*.yaml")))
 def test_shipped_suites_validate(name, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert main(["validate", "--json", f"suites/{name}.yaml"]) == 0
+    text = (REPO / "suites" / f"{name}.yaml").read_text()
+    assert "learning rate" in text.lower() or "Learning rates" in text, "every suite says where its lrs come from"
     rows = json.loads(capsys.readouterr().out)
     suite = load_suite(REPO / "suites" / f"{name}.yaml")
     assert len(rows) == len(expand_runs(suite)) == len(suite.seeds) * len(suite.privacy.epsilons) * len(suite.methods)
