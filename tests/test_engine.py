@@ -54,7 +54,8 @@ def _randomise_adapters(trainer):
 def test_noise_multiplicity_is_averaged_inside_each_example(digits8):
     """K copies → one gradient per example = the mean of the K copies' gradients, clipped once to ≤ C."""
     k = 4
-    tr = _trainer("lora", digits8, torch.float64, {"target": "all"}, noise_multiplicity=k)
+    tr = _trainer("lora", digits8, torch.float64, {"target": "all"}, noise_multiplicity=k,
+                  training=TrainingSettings(ema_decay=None, grad_sample_mode="hooks"))  # materialises per-example grads
     _randomise_adapters(tr)
     x, y = tr.images[:5], tr.labels[:5]
     t, noise, labels = tr.draw_diffusion_inputs(y)
@@ -96,7 +97,7 @@ def test_sensitivity_of_the_summed_update_is_at_most_C(digits8):
 def test_clipping_is_fp32_under_bf16_autocast(digits8):
     """Per-example gradients arrive in bf16 under autocast; norms, factors and sums must not (the old loop
     computed norms in bf16 and let clipped contributions reach 1.0034·C)."""
-    tr = _trainer("full", digits8, torch.float32, training=TrainingSettings(ema_decay=None, mixed_precision="bf16"),
+    tr = _trainer("full", digits8, torch.float32, training=TrainingSettings(ema_decay=None, mixed_precision="bf16", grad_sample_mode="hooks"),
                   clipping=ClippingRule("fixed", 1.0))
     assert tr.autocast_dtype == torch.bfloat16
     x, y = tr.images[:8], tr.labels[:8]
