@@ -147,6 +147,9 @@ def test_format_interval():
     significant = PairedDiff(mean=0.031, low=0.027, high=0.035, n=5, significant=True)
     assert format_interval(significant) == "0.031 [0.027, 0.035]"
     assert format_interval(PairedDiff(-0.00001, -0.02, 0.02, 5, False)) == "-0.00001 [-0.02, 0.02] n.s."
+    # the difference of two equal means, as floating point computes it, is 0 (not -0.0000000000000000278)
+    equal = float(np.mean([0.1931, 0.1931, 0.1931])) - 0.1931 + (0.1 + 0.2 - 0.3) * 1e-1
+    assert equal != 0 and format_interval(PairedDiff(equal, None, None, 1, None)) == "0 (n=1, no interval)"
     with pytest.raises(ValueError):
         format_interval(interval, digits=0)
 

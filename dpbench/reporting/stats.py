@@ -188,6 +188,10 @@ def _sorted_seeds(seeds: set) -> list:
 
 def _format_number(value: float, digits: int) -> str:
     # Positional notation with significant digits: 0.501, 0.44, 1230 — never 1.23e+03 in a table.
+    # A magnitude below 1e-12 is the rounding residue of subtracting equal means (0.193 - 0.193 came out
+    # as -2.8e-17, printed with 17 zeros): it reads as 0.
+    if abs(value) < 1e-12:
+        return "0"
     text = np.format_float_positional(
         float(value), precision=digits, unique=True, fractional=False, trim="-"
     )
