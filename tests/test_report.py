@@ -365,12 +365,13 @@ def test_accuracy_plot_is_scaled_to_the_data(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ edges
-def test_default_out_dir_is_reports_suite(tmp_path, monkeypatch):
+def test_default_out_dir_is_inside_the_results_dir(tmp_path, monkeypatch):
     results = make_results_dir(tmp_path / "results" / "whatever", suite="my-suite", methods=("lora",),
                                epsilons=(2.0, float("inf")), seeds=(0,), samples=False, baselines=False)
     monkeypatch.chdir(tmp_path)
     index = build_report(results)
-    assert (tmp_path / index).resolve() == (tmp_path / "reports" / "my-suite" / "index.html").resolve()
+    assert (tmp_path / index).resolve() == (results / "report" / "index.html").resolve()
+    assert not (tmp_path / "reports").exists()
     assert "No sample grids were recorded." in Page(index.read_text()).paragraphs["note"]
 
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 from dpbench.reporting.cost_sections import efficiency_section, pareto_section, profiles_section
 from dpbench.reporting.document import Document
-from dpbench.reporting.files import OutputFolder, safe_file_name
+from dpbench.reporting.files import OutputFolder
 from dpbench.reporting.grid import load_grid
 from dpbench.reporting.sections import (
     ReportContext, audits_section, baselines_section, headline_section, per_class_section, privacy_banner,
@@ -28,11 +28,12 @@ SECTIONS = (privacy_banner, headline_section, privacy_section, utility_section, 
 
 
 def build_report(results_dir: str | os.PathLike, out_dir: Optional[str | os.PathLike] = None) -> Path:
-    """Write the report of one suite's results directory into ``out_dir`` (default ``reports/<suite>/``,
-    relative to the working directory) and return the path of its ``index.html``. Raises
+    """Write the report of one suite's results directory into ``out_dir`` (default ``<results_dir>/report/``,
+    as the command line does: the report stays inside the folder it is built from) and return the path of
+    its ``index.html``. Raises
     :class:`~dpbench.errors.UserError` when the directory is missing or holds no run."""
     grid = load_grid(results_dir)
-    out = Path(out_dir) if out_dir is not None else Path("reports") / safe_file_name(grid.suite)
+    out = Path(out_dir) if out_dir is not None else Path(results_dir) / "report"
     ctx = ReportContext(grid, load_profiles(results_dir), load_audits(results_dir), OutputFolder(out))
     doc = Document(f"dpbench report: {grid.suite}")
     for section in SECTIONS:
