@@ -63,6 +63,7 @@ def test_profile_of_a_suite_uses_the_suites_training_settings(tmp_path, monkeypa
 
 
 def test_scaling_profile_spans_presets_and_sizes(tmp_path):
+    from dpbench.config.suite import TrainingSettings
     from dpbench.reporting.profiles import format_profile
     from dpbench.results import Profile, read_model
 
@@ -71,6 +72,8 @@ def test_scaling_profile_spans_presets_and_sizes(tmp_path):
                  "--methods", "full,lora", "--no-progress", "--out", str(out)]) == 0
     profile = read_model(out, Profile)
     assert {(e.preset, e.image_size) for e in profile.entries} == {(p, s) for p in ("tiny", "small") for s in (8, 16)}
+    # without a suite, the profile measures the engine a run uses by default (it once fell back to Opacus hooks)
+    assert profile.grad_sample_mode == TrainingSettings().grad_sample_mode == "bookkeeping"
     sizes = {e.preset: e.total_params for e in profile.entries if e.method == "full"}
     assert sizes["small"] > sizes["tiny"]
     for e in profile.entries:

@@ -187,7 +187,7 @@ def profile_command(args) -> Path:
                 torch.manual_seed(0)
                 targets.append(ProfileTarget(build_unet(preset, size, args.channels, 10), preset,
                                              (args.channels, size, size), 10))
-        training = TrainingSettings(ema_decay=None, grad_sample_mode=args.grad_sample_mode or "hooks")
+        training = TrainingSettings(ema_decay=None)  # the engine a run would use (--grad-sample-mode overrides it)
         source = f"preset:{','.join(presets)}"
         default_out = Path(args.results_dir) / f"profile-{'-'.join(presets)}.json"
         multiplicity = 1
