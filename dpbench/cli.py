@@ -157,16 +157,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _numbers(text: str | None, option: str, cast) -> list | None:
-    """A comma-separated list of positive numbers from the command line (None when not given)."""
+    """A comma-separated list of numbers from the command line (None when not given): learning rates and
+    factors must be positive, seeds non-negative."""
+    from dpbench.config.arguments import comma_separated
+
     if not text:
         return None
-    try:
-        values = [cast(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or any(v < 0 or (cast is float and v == 0) for v in values):
-        raise UserError(f"{option} {text!r}: give comma-separated positive numbers, e.g. 0.5,1,2")
-    return values
+    return comma_separated(text, cast, option, valid=lambda v: v > 0 if cast is float else v >= 0,
+                           expected="comma-separated positive numbers, e.g. 0.5,1,2")
 
 
 def _in_file(path: str, fn, *args, **kwargs):
@@ -223,7 +221,7 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def _runner_settings(args, check_machine: bool = True):
+def _runner_settings(args):
     """The suite (validated, its names resolved, this machine able to run it) and the runner's settings."""
     from dpbench.config.suite import load_suite, resolve_suite_path
     from dpbench.runner.context import RunnerSettings
@@ -233,7 +231,7 @@ def _runner_settings(args, check_machine: bool = True):
     path = resolve_suite_path(args.suite)
     suite = load_suite(path)
     _in_file(path, check_names, suite)
-    problems = missing_requirements(suite, args.device) if check_machine else []
+    problems = missing_requirements(suite, args.device)
     if problems:
         raise UserError([f"{path}: {p}" for p in problems])
     settings = RunnerSettings(suite_path=str(path), results_root=args.results_dir, data_root=args.data_root,

@@ -82,3 +82,26 @@ def test_the_proxy_renames_its_classes_so_the_pretrained_embedding_is_not_alread
     assert torch.equal(y, x[:, 0, 0, 0].long() % 10), "pretraining keeps the public names"
     used = torch.cat([splits[n][0][:, 0, 0, 0] for n in ("train", "test", "pretrain")])
     assert len(used.unique()) == len(used) and len(splits["train"][0]) == 1437, "disjoint splits, N examples"
+
+
+def test_bad_number_lists_are_one_line_user_errors(tmp_path, capsys):
+    """`tune` and `profile` parse their comma-separated options with one helper: an empty entry, a word or
+    a value out of range is exit 2 with one line naming the option, before anything runs."""
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(SUITE))
+    out = str(tmp_path / "out")
+    cases = [(["tune", str(path), "--lr-factors", "0.5,,2"], "--lr-factors"),
+             (["tune", str(path), "--lrs", "0.01,0"], "--lrs"),
+             (["tune", str(path), "--seeds", "-1"], "--seeds"),
+             (["profile", "--preset", "tiny", "--batch-sizes", "8,x"], "--batch-sizes"),
+             (["profile", "--preset", "tiny", "--batch-sizes", "0"], "--batch-sizes"),
+             (["profile", "--preset", "tiny", "--image-size", "16,"], "--image-size")]
+    for argv, option in cases:
+        capsys.readouterr()
+        assert main([*argv, "--results-dir", out]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and option in err and "give" in err, (argv, err)
+    assert not (tmp_path / "out").exists()
+    # seeds may be 0 (the default) — only learning rates and factors must be positive
+    from dpbench.cli import _numbers
+    assert _numbers("0,1", "--seeds", int) == [0, 1] and _numbers(None, "--lrs", float) is None

@@ -66,7 +66,7 @@ def dry_run(settings: RunnerSettings, only: list[str]) -> str:
         model = build_unet(suite.model.preset, ref.image_size, ref.channels, num_classes)
     sampling = _sampling_seconds(model.to(device).eval(), suite, num_classes, device)
     probes: dict = {}
-    rows = []
+    rows, total_seconds = [], 0.0
     for p in planned:
         step = p.plan.step
         key = (p.spec.method_key, step.private)
@@ -87,12 +87,12 @@ def dry_run(settings: RunnerSettings, only: list[str]) -> str:
             probes[key] = halving_on_out_of_memory(measure, start, p.training.min_physical_batch_size)
         (seconds, memory), physical = probes[key]
         train = seconds * math.ceil(step.expected_batch_size / physical) * step.steps
+        total_seconds += train + sampling
         sigma = f"{p.plan.budget.noise_multiplier:.4g}" if step.private else "—"
         rows.append([p.spec.run_id, sigma, f"{step.sample_rate:.4g}", step.steps, step.clipping.mode, physical,
                      f"{train / 60:.1f} min", f"{sampling / 60:.1f} min", f"{memory / 2**20:.0f} MiB"])
     table = text_table(["run", "σ", "q", "T", "clipping", "physical batch", "train (est.)", "sampling (est.)",
                         "peak memory (est.)"], rows)
-    total = sum(float(r[6].split()[0]) + float(r[7].split()[0]) for r in rows)
     size = f"N={num_examples}" + ("" if exact else " (nominal: the data is not present)")
-    return (f"{table}\n{len(rows)} runs on {device}, {size}; estimated {total:.0f} min of training and sampling "
+    return (f"{table}\n{len(rows)} runs on {device}, {size}; estimated {total_seconds / 60:.0f} min of training and sampling "
             "(estimates from a short probe with random weights; evaluation and public pretraining not included)")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from dpbench.config.arguments import comma_separated
 from dpbench.errors import UserError
 from dpbench.results import Profile, ProfileEntry, write_model
 
@@ -131,24 +132,13 @@ def run_profile(*, targets: list[ProfileTarget], methods: list[tuple[str, str, d
                    entries=entries, max_batch_size=max_batch, **provenance(device))
 
 
-def _csv(text: str, cast, what: str) -> list:
-    try:
-        values = [cast(v.strip()) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values:
-        raise UserError(f"{what}: give a comma-separated list, e.g. 8,32,128")
-    return values
-
-
 def profile_command(args) -> Path:
     """Entry point of `dpbench profile` (see dpbench/cli.py for the arguments); returns the file written."""
     from dpbench.registry import METHODS, PRESETS
     from dpbench.runner.devices import resolve_device
 
-    batch_sizes = _csv(args.batch_sizes, int, "--batch-sizes")
-    if min(batch_sizes) <= 0:
-        raise UserError("--batch-sizes: give positive integers, e.g. 8,32,128")
+    batch_sizes = comma_separated(args.batch_sizes, int, "--batch-sizes", valid=lambda b: b > 0,
+                                  expected="positive integers, e.g. 8,32,128")
     if args.suite:
         from dpbench.config.suite import load_suite
         from dpbench.data.base import dataset_num_classes
@@ -178,12 +168,13 @@ def profile_command(args) -> Path:
         for name in names:
             METHODS.check(name, "--methods")
         methods = [(n, n, {}) for n in names]
-        presets = _csv(args.preset, str, "--preset")
+        presets = comma_separated(args.preset, str, "--preset")
         for preset in presets:
             PRESETS.check(preset, "--preset")
         targets = []
         for preset in presets:
-            for size in _csv(args.image_size, int, "--image-size"):
+            for size in comma_separated(args.image_size, int, "--image-size", valid=lambda s: s > 0,
+                                        expected="positive integers, e.g. 16,32"):
                 torch.manual_seed(0)
                 targets.append(ProfileTarget(build_unet(preset, size, args.channels, 10), preset,
                                              (args.channels, size, size), 10))

@@ -117,8 +117,9 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     public_root = suite.data_root(public, settings.data_root)
     splits = proxy_split(*load_dataset(public, public_root, "train", download=suite.data.download), num_classes, n)
 
-    proxy_methods = [MethodSpec(name=m.name, label=_label(m, lr, c), options=m.options, lr=lr, max_grad_norm=c)
-                     for m in chosen for lr, c in candidates(m, suite, lrs, lr_factors)]
+    proxies = {m.key: [MethodSpec(name=m.name, label=_label(m, lr, c), options=m.options, lr=lr, max_grad_norm=c)
+                       for lr, c in candidates(m, suite, lrs, lr_factors)] for m in chosen}
+    proxy_methods = [p for group in proxies.values() for p in group]
     proxy_ref = DatasetRef(name=public.name, image_size=public.image_size, channels=public.channels,
                            options=public.options)
     proxy_suite = suite.model_copy(update={
@@ -141,8 +142,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     results = {}
     for planned in plan_runs(proxy_suite, settings.data_root, num_examples=n):
         results.setdefault(planned.spec.method_key, []).append(run_cell(ctx, planned))
-    owner = {p.key: m.key for m in chosen for p in proxy_methods if p.key.startswith(f"{m.key}-lr")}
-    rows = _rank(chosen, proxy_methods, owner, results)
+    rows = _rank(chosen, proxies, results)
     tuned_name = f"{suite.name}-tuned.yaml"
     record = TuneResult(suite=suite.name, proxy=f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, "
                         f"{len(ctx.test[0])} proxy-test, {len(splits['pretrain'][0])} pretraining examples; "
@@ -153,14 +153,12 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     return tune_dir, record
 
 
-def _rank(chosen: list[MethodSpec], proxy_methods: list[MethodSpec], owner: dict, results: dict) -> list[TuneCandidate]:
+def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], results: dict) -> list[TuneCandidate]:
     """One row per candidate; the best mean proxy accuracy of each method is marked selected."""
     rows = []
     for method in chosen:
         group = []
-        for p in proxy_methods:
-            if owner.get(p.key) != method.key:
-                continue
+        for p in proxies[method.key]:
             runs = [r for r in results.get(p.key, []) if r.status == "ok" and r.downstream_accuracy is not None]
             acc = sum(r.downstream_accuracy for r in runs) / len(runs) if runs else None
             fid = sum(r.fid for r in runs) / len(runs) if runs else None

@@ -1,0 +1,28 @@
+"""Values users type on the command line that the suite file does not carry (lists of numbers or names)."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, TypeVar
+
+from dpbench.errors import UserError
+
+T = TypeVar("T")
+
+
+def comma_separated(text: str, cast: Callable[[str], T], option: str, *, valid: Optional[Callable[[T], bool]] = None,
+                    expected: str = "a comma-separated list, e.g. 8,32,128") -> list[T]:
+    """``"0.5,1,2"`` → ``[0.5, 1.0, 2.0]``. An empty entry (``"1,,2"``), a value ``cast`` refuses or one
+    ``valid`` rejects is a one-line :class:`UserError` naming ``option`` and saying what to give (``expected``)."""
+
+    def one(entry: str) -> T:
+        if not entry.strip():
+            raise ValueError("empty entry")
+        return cast(entry.strip())
+
+    try:
+        values = [one(v) for v in str(text).split(",")]
+    except ValueError:
+        values = []
+    if not values or (valid is not None and not all(valid(v) for v in values)):
+        raise UserError(f"{option} {text!r}: give {expected}")
+    return values
