@@ -140,15 +140,36 @@ def test_replay_check_passes_the_real_loop_and_fails_broken_ones(fault):
     check.detach()
     kinds = {r.record.split()[0] for r in check.records}
     assert kinds == {"example", "canary"}, check.records
+    written = json.dumps(check.summary())
+    examples = [r for r in check.records if r.record.startswith("example")]
     if fault is None:
         assert check.passed and check.max_ratio <= 1 + 1e-3
         assert max(r.rounding for r in check.records) < 1e-3
+        # a real example's clipped-gradient norm (a private statistic) is never written while the check holds
+        assert all(repr(r.difference) not in written for r in examples)
+        assert check.summary()["worst"]["record"].startswith("canary")
     else:
         assert not check.passed
         failing = {r.record.split()[0] for r in check.records if not r.ok}
         # an unclipped canary moves the step by its 10·C; a realised divisor moves it by the rescaled noise
         assert "canary" in failing
         assert check.max_ratio > (9.9 if fault == "no-clip" else 1.05)
+
+
+def test_a_holding_replay_check_writes_no_number_of_a_real_example():
+    """Without the record, the step moves by exactly that example's clipped gradient (the noise cancels);
+    under automatic clipping that gives its gradient norm away. Only checks on real examples here: what
+    audit.json would keep says they held, and nothing else."""
+    n, batch, steps = 24, 24, 3
+    trainer = _trainer(None, _step(n, batch, steps, sigma=1.0), n)
+    check = ReplayCheck(trainer, examples=[0, 1, 2, 3], canary_checks=0).attach()
+    trainer.train(progress=False)
+    check.detach()
+    assert check.passed and check.records and all(r.record.startswith("example") for r in check.records)
+    summary = check.summary()
+    assert summary["passed"] and summary["example_checks"] == len(check.records)
+    assert summary["worst"] is None and summary["max_difference_over_sensitivity"] is None
+    assert all(repr(r.difference) not in json.dumps(summary) for r in check.records)
 
 
 def test_replay_check_does_not_change_the_run():

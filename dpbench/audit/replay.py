@@ -103,7 +103,13 @@ class ReplayCheck:
         return max((r.difference / r.sensitivity for r in self.records), default=None)
 
     def summary(self) -> dict:
-        worst = max(self.records, key=lambda r: r.difference / r.bound, default=None)
+        """What ``audit.json`` keeps. Removing a real example moves the step by exactly that example's
+        clipped gradient (the DP noise cancels): under automatic clipping ‖g‖/(‖g‖ + γ) gives ‖g‖ away — a
+        statistic of private data outside the mechanism. So while the check holds, the numbers written
+        are the canaries' (public directions) and the real examples count only as checks passed; a failed
+        check (no DP claim stands) keeps every number as its bug report."""
+        shown = self.records if not self.passed else [r for r in self.records if r.record.startswith("canary")]
+        worst = max(shown, key=lambda r: r.difference / r.bound, default=None)
         return {
             "passed": self.passed,
             "examples": [int(i) for i in self.examples],
@@ -111,7 +117,7 @@ class ReplayCheck:
             "example_checks": sum(r.record.startswith("example") for r in self.records),
             "checks": len(self.records),
             "steps_checked": self.checked_steps,
-            "max_difference_over_sensitivity": self.max_ratio,
+            "max_difference_over_sensitivity": max((r.difference / r.sensitivity for r in shown), default=None),
             "worst": None if worst is None else {
                 "step": worst.step, "record": worst.record, "difference": worst.difference, "bound": worst.bound,
                 "sensitivity": worst.sensitivity, "rounding": worst.rounding},

@@ -180,7 +180,7 @@ def _replay_text(replay: Optional[dict]) -> str:
     if replay is None:
         return "not run"
     ratio = replay.get("max_difference_over_sensitivity")
-    worst = "no record sampled" if ratio is None else f"max B·Δ/S {ratio:.4g}"
+    worst = "no canary sampled" if ratio is None else f"max B·Δ/S {ratio:.4g}"
     return f"{'held' if replay['passed'] else 'FAILED'} ({replay['checks']} checks, {worst})"
 
 
