@@ -118,6 +118,25 @@ def test_the_spike_score_ignores_what_repeats_every_step():
     assert summed[:100].min() < summed[100:].max(), "the plain sum drowns in what the spike score removes"
 
 
+def test_the_spike_score_removes_a_data_gradient_that_drifts_along_several_directions():
+    """With few trainable parameters (bias-only) the data gradient's projections dwarf a canary's jump
+    and drift along several directions over training; removing one shared component (the old rule) left
+    them in and repeated noise on bias-only went undetected."""
+    rng = np.random.default_rng(0)
+    t, m = 80, 300
+    spikes = (rng.random((t, m)) < 0.25) * (np.arange(m) < 150)  # canaries 0..149 included, q = 1/4
+    drift = np.cumsum(rng.normal(size=(t, 5)), 0)  # five slowly wandering directions of the data gradient
+    data = 2.0 * drift @ rng.normal(size=(5, m))
+    repeated = 10 * rng.normal(size=m)
+    observed = spikes + 0.05 * rng.normal(size=(t, m)) + data + repeated
+    score = spike_energy(observed)
+    assert score[:150].min() > score[150:].max()
+    centered = observed - observed.mean(0)
+    u = np.linalg.svd(centered, full_matrices=False)[0][:, :1]
+    one = ((centered - u @ (u.T @ centered)) ** 2).sum(0)
+    assert one[:150].min() < one[150:].max(), "removing one component leaves the drifting data gradient in"
+
+
 def test_the_guess_family_is_fixed_by_m_and_corrected_over_every_rule():
     assert guess_grid(1000) == ((250, 250), (375, 375), (500, 500))
     rng = np.random.default_rng(1)

@@ -63,6 +63,29 @@ def test_tune_selects_on_a_public_proxy_and_writes_a_tuned_suite(tmp_path, monke
     assert "selected" in capsys.readouterr().out
 
 
+def test_tune_reuses_finished_candidates_and_runs_only_what_is_new(tmp_path):
+    path = tmp_path / "tunable.yaml"
+    path.write_text(yaml.safe_dump({**SUITE, "methods": [{"name": "bias", "lr": 0.01}]}))
+    out = tmp_path / "out"
+    assert main(["tune", str(path), "--lrs", "0.01", "--no-progress", "--results-dir", str(out)]) == 0
+    runs = out / "tunable" / "tune" / "runs"
+    first = runs / "bias-lr0.01-eps8-seed0" / "result.json"
+    written = first.read_bytes()
+    assert main(["tune", str(path), "--lrs", "0.01,0.03", "--seeds", "0,1", "--no-progress",
+                 "--results-dir", str(out)]) == 0
+    assert first.read_bytes() == written, "a finished candidate with the same settings is not run again"
+    assert sorted(d.name for d in runs.iterdir()) == [f"bias-lr{lr}-eps8-seed{s}" for lr in ("0.01", "0.03")
+                                                      for s in (0, 1)]
+    record = read_model(out / "tunable" / "tune" / "tune.json", TuneResult)
+    assert [len(c.run_ids) for c in record.candidates] == [2, 2]
+    # other settings (here T) make the old run stale: it runs again instead of being reused
+    changed = {**SUITE, "methods": [{"name": "bias", "lr": 0.01}]}
+    changed["privacy"] = {**SUITE["privacy"], "steps": 4}
+    path.write_text(yaml.safe_dump(changed))
+    assert main(["tune", str(path), "--lrs", "0.01", "--no-progress", "--results-dir", str(out)]) == 0
+    assert json.loads(first.read_text())["steps"] == 4
+
+
 def test_the_proxy_renames_its_classes_so_the_pretrained_embedding_is_not_already_right():
     """Private class i starts from public class i's embedding: an unrenamed proxy would need no learning."""
     import torch

@@ -537,6 +537,11 @@ class BookKeepingClipper:
                 total += sum(getattr(layer.module, attr).numel() for attr in layer.trainable) * torch.finfo(self.norm_dtype).bits // 8
         return total
 
+    def held_bytes(self) -> int:
+        """Bytes this clipper keeps between steps: the per-example gradient workspaces (see
+        :meth:`_Layer.workspace`) — memory a user pays for training, not only during a step."""
+        return sum(layer._workspace.nbytes for layer in self._layers if layer._workspace is not None)
+
     def remove(self) -> None:
         """Remove every hook; the clipper cannot be used afterwards."""
         for handle in self._handles:

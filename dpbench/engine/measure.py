@@ -7,7 +7,8 @@ of the private data's shape: it costs no privacy and can be repeated. Two number
 - ``peak_memory_bytes``: the step alone, above what was allocated before it (median of 3 single-step
   peaks after warm-up steps), which isolates the DP step's own cost;
 - ``total_peak_memory_bytes``: the peak of training in total — what training holds between steps
-  (weights, optimizer state such as Adam's 2×P for full fine-tuning, EMA) plus that step peak
+  (weights, optimizer state such as Adam's 2×P for full fine-tuning, EMA, the clipping engine's
+  persistent per-example buffers) plus that step peak
   (activations, per-sample state); what a user pays. CUDA: the held part is measured (allocated bytes
   from before the model copy; the reserved peak is recorded too). CPU: the held part is counted from
   the tensors (resident-set deltas of allocations this size were not repeatable), the step is the
@@ -82,9 +83,14 @@ class StepProbe:
         else:
             # The process's resident set moved by ±50% between probes of the same method (glibc reuses
             # freed heap pages for the many small tensors): on CPU what training holds between steps is
-            # counted exactly instead — the model copy, optimizer state and EMA — and only the step is measured.
+            # counted exactly instead — the model copy, optimizer state, EMA and the buffers the clipping
+            # engine keeps from step to step (book-keeping's per-example gradient workspaces: allocated in
+            # the warm-up, they are resident before a measured step starts, so its peak does not see them)
+            # — and only the step is measured.
             held = memory_breakdown(self.trainer)
-            self.held_between_steps = held["parameters"] + held["optimizer_state"] + held["ema"]
+            engine_held = getattr(self.trainer.backend, "held_bytes", None)
+            self.held_between_steps = (held["parameters"] + held["optimizer_state"] + held["ema"]
+                                       + (engine_held() if engine_held else 0))
 
     def memory(self, steps: int = 3) -> dict:
         peaks, nvml, kind = [], [], None

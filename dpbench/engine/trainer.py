@@ -404,8 +404,9 @@ def prepare_model(pretrained: nn.Module, method, num_classes: int, device, dtype
     and only then does the caller build the optimiser and hooks (see DPTrainer) — adapters created
     before the move can be silently dropped from the optimiser (opacus#820).
     """
-    from dpbench.models.diffusion import reset_class_embedding
+    from dpbench.models.diffusion import quiet_diffusers, reset_class_embedding
 
+    quiet_diffusers()  # every caller (run, tune, profile, audit) casts here; diffusers would log a notice each time
     model = copy.deepcopy(pretrained).to(device=device, dtype=dtype)
     model.requires_grad_(False)
     reset_class_embedding(model, num_classes)

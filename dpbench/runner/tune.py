@@ -17,7 +17,9 @@ unrenamed proxy would already be right, and the proxy would measure nothing. Ren
 learn under DP which class generates what, as on the real task — though the proxy's classes are
 shapes the model already draws, so it is an easier task than learning new ones. With more public
 classes than private ones, only the first K public classes are kept. Every candidate (method × lr × C) is a real run of the suite's DP loop; the
-candidate with the highest mean proxy accuracy is selected per method. Output under
+candidate with the highest mean proxy accuracy is selected per method. A candidate run already finished
+with the same settings (its config hash) is reused, so adding seeds or learning rates later runs only
+what is new. Output under
 ``<results>/<suite>/tune/``: the runs, ``tune.json`` (:class:`dpbench.results.TuneResult`) and
 ``<suite>-tuned.yaml``, the suite with the selected values and a header saying where they came from.
 """
@@ -32,8 +34,8 @@ import yaml
 
 from dpbench.config.suite import DatasetRef, MethodSpec, Suite, load_suite, stable_hash
 from dpbench.errors import UserError
-from dpbench.results import (TuneCandidate, TuneResult, check_name, display_epsilon, format_epsilon, parse_epsilon,
-                             write_bytes_atomic, write_model)
+from dpbench.results import (TuneCandidate, TuneResult, check_name, display_epsilon, format_epsilon, load_results,
+                             parse_epsilon, run_dir, write_bytes_atomic, write_model)
 from dpbench.runner.context import RunContext, RunnerSettings
 
 log = logging.getLogger("dpbench")
@@ -98,6 +100,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     from dpbench.runner.cell import run_cell
     from dpbench.runner.devices import resolve_device
     from dpbench.runner.plan import plan_runs
+    from dpbench.runner.suite_runner import split_finished
 
     suite = load_suite(settings.suite_path)
     public = suite.data.public
@@ -139,9 +142,18 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     log.info("dpbench tune: %d candidates × %d seed(s) at ε=%s on a proxy of %s (N=%d, test %d, pretrain %d)",
              len(proxy_methods), len(proxy_suite.seeds), display_epsilon(eps), public.name, n, len(ctx.test[0]),
              len(splits["pretrain"][0]))
+    planned_runs = plan_runs(proxy_suite, settings.data_root, num_examples=n)
+    done, changed, _ = split_finished(ctx, planned_runs)
+    finished = {r.run_id: r for r in load_results(tune_dir)} if done else {}
+    reused = {p.spec.run_id for p in done}
+    if reused:  # a wider sweep or more seeds later costs only the new candidates
+        log.info("dpbench tune: %d candidate run(s) already finished with these settings are reused", len(reused))
+    for p in changed:  # proxy runs are disposable: one made with other settings is run again
+        (run_dir(tune_dir, p.spec.run_id) / "result.json").unlink(missing_ok=True)
     results = {}
-    for planned in plan_runs(proxy_suite, settings.data_root, num_examples=n):
-        results.setdefault(planned.spec.method_key, []).append(run_cell(ctx, planned))
+    for planned in planned_runs:
+        result = finished[planned.spec.run_id] if planned.spec.run_id in reused else run_cell(ctx, planned)
+        results.setdefault(planned.spec.method_key, []).append(result)
     rows = _rank(chosen, proxies, results)
     tuned_name = f"{suite.name}-tuned.yaml"
     record = TuneResult(suite=suite.name, proxy=f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, "
