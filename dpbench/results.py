@@ -194,7 +194,8 @@ class RunResult(Provenance):
     peak_memory_bytes: Optional[int] = Field(
         None, description="peak of one DP step at a full physical batch above what was allocated before it")
     total_peak_memory_bytes: Optional[int] = Field(
-        None, description="peak of training in total: weights + optimizer + EMA + activations + per-sample state")
+        None, description="peak of training in total: weights + optimizer + EMA + the clipping engine's buffers "
+                          "held between steps + activations + per-sample state")
     memory_kind: Optional[str] = Field(None, description="cuda_max_allocated or cpu_rss")
     memory_breakdown: dict[str, int] = Field(
         default_factory=dict, description="analytic bytes: parameters, trainable, optimizer_state, ema, per_sample_gradients")
@@ -250,7 +251,8 @@ class ProfileEntry(Record):
     step_time_s: Optional[float] = None
     examples_per_s: Optional[float] = None
     peak_memory_bytes: Optional[int] = Field(None, description="peak of one step above what was allocated before")
-    total_peak_memory_bytes: Optional[int] = Field(None, description="weights + optimizer + EMA + the step's peak")
+    total_peak_memory_bytes: Optional[int] = Field(
+        None, description="weights + optimizer + EMA + the engine's buffers held between steps + the step's peak")
     memory_kind: Optional[str] = None
     memory_breakdown: dict[str, int] = Field(default_factory=dict)
     trainable_params: Optional[int] = None
