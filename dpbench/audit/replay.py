@@ -52,6 +52,11 @@ class ReplayRecord:
         return self.difference <= self.bound
 
 
+def _max_ratio(records: list[ReplayRecord]) -> Optional[float]:
+    """The largest B·Δ/S among ``records`` (None when there are none)."""
+    return max((r.difference / r.sensitivity for r in records), default=None)
+
+
 @dataclass
 class ReplayCheck:
     """Wraps one trainer's ``compute_step_gradient`` (an instance attribute: fault subclasses keep their semantics).
@@ -100,7 +105,7 @@ class ReplayCheck:
 
     @property
     def max_ratio(self) -> Optional[float]:
-        return max((r.difference / r.sensitivity for r in self.records), default=None)
+        return _max_ratio(self.records)
 
     def summary(self) -> dict:
         """What ``audit.json`` keeps. Removing a real example moves the step by exactly that example's
@@ -117,7 +122,7 @@ class ReplayCheck:
             "example_checks": sum(r.record.startswith("example") for r in self.records),
             "checks": len(self.records),
             "steps_checked": self.checked_steps,
-            "max_difference_over_sensitivity": max((r.difference / r.sensitivity for r in shown), default=None),
+            "max_difference_over_sensitivity": _max_ratio(shown),
             "worst": None if worst is None else {
                 "step": worst.step, "record": worst.record, "difference": worst.difference, "bound": worst.bound,
                 "sensitivity": worst.sensitivity, "rounding": worst.rounding},

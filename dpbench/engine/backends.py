@@ -37,6 +37,9 @@ class ClippingBackend(Protocol):
     def discard(self) -> None:
         """Forget what a chunk that failed part-way (out of memory) left behind, so it can be redone."""
 
+    def held_bytes(self) -> int:
+        """Bytes the backend keeps from one step to the next (part of what training holds)."""
+
     def remove(self) -> None:
         """Detach whatever the backend attached to the model."""
 
@@ -94,6 +97,9 @@ class OpacusBackend:
             p._forward_counter = 0
             if hasattr(p, "_current_grad_sample"):
                 del p._current_grad_sample
+
+    def held_bytes(self) -> int:
+        return 0  # per-sample gradients and captured activations are released within each step
 
     def disable(self) -> None:
         self.hooks.disable_hooks()

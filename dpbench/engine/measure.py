@@ -88,9 +88,9 @@ class StepProbe:
             # the warm-up, they are resident before a measured step starts, so its peak does not see them)
             # — and only the step is measured.
             held = memory_breakdown(self.trainer)
-            engine_held = getattr(self.trainer.backend, "held_bytes", None)
+            backend = self.trainer.backend
             self.held_between_steps = (held["parameters"] + held["optimizer_state"] + held["ema"]
-                                       + (engine_held() if engine_held else 0))
+                                       + (backend.held_bytes() if backend is not None else 0))
 
     def memory(self, steps: int = 3) -> dict:
         peaks, nvml, kind = [], [], None
