@@ -1,3 +1,3 @@
 """dpbench: benchmark differentially private, parameter-efficient fine-tuning of diffusion models."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -163,6 +163,10 @@ class RunResult(Provenance):
     noise_source: Literal["os_entropy", "seeded", "none"] = Field(
         "none", description="os_entropy: DP noise seeded from os.urandom, never written; seeded: reproducible "
                             "from the seed — NOT a DP release; none: ε=∞")
+    sampling_source: Optional[Literal["os_entropy", "seeded"]] = Field(
+        None, description="the Poisson sampling's generator: os_entropy (secret, as amplification by subsampling "
+                          "assumes), seeded (privacy.reproducible — NOT a DP release); null: written by a dpbench "
+                          "before 0.2, whose sampling was derived from the published seed")
     sample_rate: float = Field(description="Poisson sampling rate q = B / N")
     steps: int = Field(description="logical steps T")
     expected_batch_size: int
@@ -339,6 +343,9 @@ class SelfcheckMethod(Record):
     noise_std_ratio: float = math.nan
     noise_ok: bool = False
     noise_unpredictable: bool = False
+    sampling_unpredictable: Optional[bool] = Field(
+        None, description="same seed: different Poisson batches by default, the same under privacy.reproducible "
+                          "(null in reports written before this check existed)")
     error: Optional[str] = None
     details: list[str] = Field(default_factory=list, description="parameters with wrong per-example gradients")
     passed: bool = False
@@ -346,7 +353,8 @@ class SelfcheckMethod(Record):
     def finalize(self, limit: float) -> "SelfcheckMethod":
         self.passed = bool(self.error is None and self.max_rel_error <= limit and self.trainable_changed
                            and self.frozen_unchanged and self.clip_ok and self.mixed_precision_max_ratio <= 1 + 1e-6
-                           and self.divisor_rel_error <= limit and self.noise_ok and self.noise_unpredictable)
+                           and self.divisor_rel_error <= limit and self.noise_ok and self.noise_unpredictable
+                           and self.sampling_unpredictable is True)
         return self
 
 

@@ -107,7 +107,7 @@ def make_run(method: str, eps: float, seed: int, *, suite: str = SUITE, method_i
         seed=seed, config_hash=f"hash-{method}-{format_epsilon(eps)}", dataset="mnist", dataset_label=DATASET_LABEL,
         public_dataset="fashion_mnist", epsilon=eps, delta=1e-5, epsilon_spent=eps * 0.98 if private else None,
         accountant="prv" if private else None, noise_multiplier=sigma,
-        noise_source="os_entropy" if private else "none", sample_rate=EXPECTED_BATCH / 10_000, steps=79,
+        noise_source="os_entropy" if private else "none", sampling_source="os_entropy", sample_rate=EXPECTED_BATCH / 10_000, steps=79,
         expected_batch_size=EXPECTED_BATCH, physical_batch_size=PHYSICAL_BATCH, noise_multiplicity=1,
         clipping=ClippingInfo(mode="fixed", max_grad_norm=1.0, gradient_noise_multiplier=sigma) if private
         else ClippingInfo(mode="none"),

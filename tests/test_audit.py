@@ -46,14 +46,14 @@ def _step(n: int, batch: int, steps: int, sigma: float, clipping: ClippingRule |
                   noise_multiplicity=1, num_examples=n)
 
 
-def _trainer(fault, step, n, seed=0, reproducible_noise=False):
+def _trainer(fault, step, n, seed=0, reproducible=False):
     """A trainer (of the fault's class) on n random images with 40 canaries, 20 of them in (fixed coins)."""
     model = _model()
     images, labels = _data(n, seed)
     canaries = GradientCanaries([p for p in model.parameters() if p.requires_grad], 40, norm=10 * C, seed=seed,
                                 secret_in=np.arange(40) % 2 == 0)
     return trainer_class(fault)(model, make_noise_scheduler(), images, labels, audited_step(step, canaries.num_included),
-                                _settings(), seed, "cpu", reproducible_noise=reproducible_noise, canaries=canaries)
+                                _settings(), seed, "cpu", reproducible=reproducible, canaries=canaries)
 
 
 # ---------------------------------------------------------------------------------------------- canaries
@@ -195,7 +195,7 @@ def test_replay_check_does_not_change_the_run():
     n, batch, steps = 24, 24, 3
     finals = []
     for replay in (False, True):
-        trainer = _trainer(None, _step(n, batch, steps, sigma=1.0), n, reproducible_noise=True)
+        trainer = _trainer(None, _step(n, batch, steps, sigma=1.0), n, reproducible=True)
         if replay:
             check = ReplayCheck(trainer, examples=list(range(8))).attach()
         trainer.train(progress=False)

@@ -32,7 +32,8 @@ def _data():
     return x[:48].clone(), y[:48].clone()
 
 
-def _trainer(data, distributed=None, sigma=0.0, clipping=None, method="lora", steps=3, ema=None) -> DPTrainer:
+def _trainer(data, distributed=None, sigma=0.0, clipping=None, method="lora", steps=3, ema=None,
+             reproducible=True) -> DPTrainer:
     torch.manual_seed(0)
     x, y = data
     model = prepare_model(build_unet("tiny", 8, 1, 10), METHODS.get(method)({"target": "all"} if method == "lora" else None),
@@ -41,7 +42,7 @@ def _trainer(data, distributed=None, sigma=0.0, clipping=None, method="lora", st
                   sample_rate=1 / 3, steps=steps, expected_batch_size=16, physical_batch_size=3, noise_multiplicity=2,
                   num_examples=len(x))
     return DPTrainer(model, make_noise_scheduler(), x, y, step, TrainingSettings(ema_decay=ema), 0, "cpu",
-                     budget=BUDGET, reproducible_noise=True, distributed=distributed)
+                     budget=BUDGET, reproducible=reproducible, distributed=distributed)
 
 
 def scenarios(distributed=None) -> dict:
@@ -62,6 +63,11 @@ def scenarios(distributed=None) -> dict:
     indices = noised.sample_logical_batch()
     out["noise_on_sum"] = torch.cat([(a - b).flatten() for a, b in zip(noised.compute_step_gradient(indices),
                                                                         clean.compute_step_gradient(indices))]) * 16
+
+    # default (secret) sampling: rank 0's OS-entropy seed is shared by the group, never derived from the seed
+    tr = _trainer(data, distributed, reproducible=False)
+    out["secret_batches"] = torch.stack([torch.zeros(len(data[1]), dtype=torch.bool).index_fill_(0, tr.sample_logical_batch(), True)
+                                         for _ in range(6)])
 
     tr = _trainer(data, distributed, sigma=SIGMA, steps=3, ema=0.9)
     tr.train(progress=False)
@@ -109,6 +115,13 @@ def test_two_processes_compute_the_update_of_one(two_processes):
     assert torch.allclose(rank0["quantile_params"], single["quantile_params"], rtol=1e-9, atol=1e-12)
 
 
+def test_secret_poisson_batches_are_the_same_on_every_rank(two_processes):
+    """Sampling comes from OS entropy (not the seed), yet both ranks must shard the same logical batch."""
+    (rank0, rank1), single = two_processes
+    assert torch.equal(rank0["secret_batches"], rank1["secret_batches"])
+    assert not torch.equal(rank0["secret_batches"], single["secret_batches"]), "another group draws other batches"
+
+
 def test_noise_is_added_once_with_std_sigma_C(two_processes):
     """The released sum minus the noise-free sum over ~10⁵ coordinates: N(0, (σC)²), not √2·σC (each rank
     adding its own noise) and not 0."""
@@ -144,7 +157,7 @@ def test_torchrun_trains_one_run_on_two_processes(tmp_path):
     except ImportError:
         from test_runner import MICRO, _write_suite
 
-    suite = _write_suite(tmp_path, privacy={**MICRO["privacy"], "reproducible_noise": True, "physical_batch_size": 7})
+    suite = _write_suite(tmp_path, privacy={**MICRO["privacy"], "reproducible": True, "physical_batch_size": 7})
     only = ["--only", "method=bias", "--only", "epsilon=5", "--no-progress", "--no-report"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DPBENCH_CACHE": str(tmp_path / "cache")}
     single = subprocess.run([sys.executable, "-m", "dpbench", "run", str(suite), *only, "--results-dir",

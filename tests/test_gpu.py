@@ -111,7 +111,7 @@ def test_a_two_step_suite_on_cuda_with_auto_physical_batch(tmp_path):
 def test_torchrun_on_two_gpus(tmp_path):
     from dpbench.results import load_results
 
-    suite = _write_suite(tmp_path, device="cuda", privacy={**MICRO["privacy"], "reproducible_noise": True})
+    suite = _write_suite(tmp_path, device="cuda", privacy={**MICRO["privacy"], "reproducible": True})
     env = {**os.environ, "DPBENCH_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                            str(_free_port()), "-m", "dpbench", "run", str(suite), "--only", "method=bias",

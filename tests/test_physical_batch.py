@@ -56,7 +56,7 @@ def _trainer(data, physical: int, clipping: ClippingRule, floor: int = 1) -> DPT
     return DPTrainer(model, make_noise_scheduler(), x, y, step,
                      TrainingSettings(ema_decay=None, min_physical_batch_size=floor), 0, "cpu",
                      budget=Budget(epsilon=4.0, delta=1e-5, accountant="rdp", noise_multiplier=0.8),
-                     reproducible_noise=True)
+                     reproducible=True)
 
 
 @pytest.mark.parametrize("where", ["up_blocks.0.attentions.0", "conv_out"])

@@ -26,7 +26,7 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 RAY_ON_CPU = {"name": "ray", "gpus_per_run": 0, "cpus_per_run": 1, "max_retries": 2}
-REPRODUCIBLE = {**MICRO["privacy"], "reproducible_noise": True}
+REPRODUCIBLE = {**MICRO["privacy"], "reproducible": True}
 
 
 @pytest.fixture(scope="module")

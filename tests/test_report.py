@@ -220,6 +220,16 @@ def test_seeded_noise_is_a_prominent_warning_at_the_top(tmp_path):
     assert markdown.index("> **Not a DP release: the noise was derived from the seed") < markdown.index("## Headline")
 
 
+def test_results_from_before_secret_sampling_are_flagged(tmp_path):
+    """Results written before 0.2 carry no sampling_source: their Poisson batches were derived from the
+    published seed, so the report must not present them as a DP release."""
+    results, out = _build(tmp_path, samples=False)
+    update_run(results, run_id_of("loda", 1.0, 2), sampling_source=None)
+    alert = Page(build_report(results, out).read_text()).paragraphs["alert"]
+    assert len(alert) == 1 and "Poisson sampling was derived from the published seed" in alert[0]
+    assert run_id_of("loda", 1.0, 2) in alert[0] and run_id_of("loda", 1.0, 1) not in alert[0]
+
+
 def test_private_training_loss_is_never_shown(tmp_path):
     results, out = _build(tmp_path, samples=False)
     update_run(results, run_id_of("full", 1.0, 0), final_loss=0.123456)  # a v1 file might carry one

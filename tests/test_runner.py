@@ -101,7 +101,7 @@ def test_run_end_to_end(micro_run):
         assert (folder / "samples.png").is_file() and (folder / "run.log").is_file()
         assert not (folder / "checkpoint.pt").exists()
         if math.isfinite(r.epsilon):
-            assert 0 < r.epsilon_spent <= r.epsilon and r.noise_source == "os_entropy"
+            assert 0 < r.epsilon_spent <= r.epsilon and r.noise_source == r.sampling_source == "os_entropy"
             assert r.clipping.mode == "fixed" and r.clipping_diagnostics.source == "public_data"
         else:
             assert r.epsilon_spent is None and r.noise_multiplier == 0 and r.noise_source == "none"
@@ -178,13 +178,13 @@ def test_same_seed_gives_different_weights_unless_noise_is_reproducible(tmp_path
     a, b = (_trainable(tmp_path / n / "micro", "bias-eps5-seed0") for n in ("a", "b"))
     assert any(not (a[k] == b[k]).all() for k in a)
 
-    seeded = _write_suite(tmp_path, "seeded.yaml", privacy={**MICRO["privacy"], "reproducible_noise": True})
+    seeded = _write_suite(tmp_path, "seeded.yaml", privacy={**MICRO["privacy"], "reproducible": True})
     for name in ("c", "d"):
         assert main(["run", str(seeded), *only, "--results-dir", str(tmp_path / name)]) == 0
     c, d = (_trainable(tmp_path / n / "micro", "bias-eps5-seed0") for n in ("c", "d"))
     assert all((c[k] == d[k]).all() for k in c)
     record = load_results(tmp_path / "c" / "micro")[0]
-    assert record.noise_source == "seeded"
+    assert record.noise_source == record.sampling_source == "seeded"
     report = (tmp_path / "c" / "micro" / "report" / "index.html").read_text()
     assert "not a DP release" in report
 

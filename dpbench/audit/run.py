@@ -73,7 +73,7 @@ class AuditOutcome:
 def audit_training(model, scheduler, images: torch.Tensor, labels: torch.Tensor, step: DPStep, training, seed: int,
                    device, *, delta: float, budget=None, canaries: int = DEFAULT_CANARIES, fault: Optional[str] = None,
                    canary_kind: str = "random", norm_multiple: float = DEFAULT_NORM_MULTIPLE,
-                   reproducible_noise: bool = False, secret_in: Optional[np.ndarray] = None, replay: bool = True,
+                   reproducible: bool = False, secret_in: Optional[np.ndarray] = None, replay: bool = True,
                    confidence: float = DEFAULT_CONFIDENCE, max_elements: int = DEFAULT_MAX_ELEMENTS,
                    progress: bool = False) -> AuditOutcome:
     """Train ``model`` (already prepared for its method) once with canaries, observing; score; bound.
@@ -96,7 +96,7 @@ def audit_training(model, scheduler, images: torch.Tensor, labels: torch.Tensor,
         raise UserError(f"--canaries {canaries} --canary-kind {canary_kind}: {err}") from None
     step = audited_step(step, canary_set.num_included)
     trainer = cls(model, scheduler, images, labels, step, training, seed, device, budget=budget,
-                  reproducible_noise=reproducible_noise, canaries=canary_set)
+                  reproducible=reproducible, canaries=canary_set)
     recorder = ReleaseRecorder(canary_set)
     trainer.release_observers.append(recorder)
     check = None
@@ -151,7 +151,7 @@ def audit_run(ctx, planned, *, canaries: int = DEFAULT_CANARIES, fault: Optional
     model = prepare_model(ctx.pretrained.model, method, ctx.num_classes, ctx.device)
     outcome = audit_training(model, scheduler, ctx.train[0], ctx.train[1], plan.step, planned.training, spec.seed,
                              ctx.device, delta=plan.budget.delta, budget=plan.budget, canaries=canaries, fault=fault,
-                             canary_kind=canary_kind, reproducible_noise=suite.privacy.reproducible_noise,
+                             canary_kind=canary_kind, reproducible=suite.privacy.reproducible,
                              progress=ctx.progress)
     c = outcome.canaries
     passed = outcome.passed(spec.epsilon)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
+from pydantic import (AliasChoices, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
                       field_validator, model_validator)
 
 from dpbench.errors import UserError
@@ -124,8 +124,10 @@ class PrivacySettings(Strict):
     noise_multiplicity: int = Field(default=1, ge=1, description="K noised copies averaged inside each example's loss")
     physical_batch_size: PhysicalBatchSize = Field(
         description="examples per forward/backward (virtual batching); auto: the largest that fits the GPU")
-    reproducible_noise: bool = Field(
-        default=False, description="derive the DP noise from the seed: for tests and debugging only, NOT a DP release")
+    reproducible: bool = Field(
+        default=False, validation_alias=AliasChoices("reproducible", "reproducible_noise"),
+        description="derive the Poisson sampling and the DP noise from the seed (reproducible_noise is the old "
+                    "name): for tests and debugging only, NOT a DP release")
 
     @field_validator("epsilons", mode="before")
     @classmethod

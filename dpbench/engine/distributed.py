@@ -1,6 +1,7 @@
 """One DP run on several processes (``torchrun``): which process this is, and the collectives the DP loop needs.
 
-Every rank draws the same Poisson batch and the same diffusion draws (seeded streams), takes its shard
+Every rank draws the same Poisson batch (rank 0's secret sampling seed is broadcast once at the start)
+and the same diffusion draws (a seeded stream), takes its shard
 of the batch (positions rank, rank + W, ...), computes and clips its examples' gradients; the clipped
 sums and the quantile rule's clipped count are then summed over ranks in one all-reduce of one
 flattened buffer. The DP noise is added once, on rank 0 before the all-reduce
@@ -87,6 +88,13 @@ class Distributed:
             for t in tensors:
                 t.copy_(buffer[offset:offset + t.numel()].view_as(t))
                 offset += t.numel()
+
+    def broadcast_seed(self, seed: int) -> int:
+        """Rank 0's value of ``seed`` on every rank (the secret sampling seed: all ranks draw the same
+        Poisson batches, and the seed never leaves the process group)."""
+        buffer = torch.tensor([seed], dtype=torch.int64, device=self.device)
+        dist.broadcast(buffer, src=0)
+        return int(buffer.item())
 
     def barrier(self) -> None:
         dist.barrier()

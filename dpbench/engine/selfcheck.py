@@ -15,7 +15,9 @@ On a tiny class-conditional UNet *with attention*, for every registered method a
 (e) the noise of a noise-only (empty Poisson batch) step has mean 0 and standard deviation σ·C
     (a 5-standard-error test on ≥ 200k draws), consecutive steps draw independent noise, and two
     trainers with the same seed draw different noise (it comes from the OS, not the seed) unless
-    reproducible noise is asked for.
+    reproducibility is asked for;
+(f) two trainers with the same seed draw different Poisson batches (who is sampled is secret, as
+    amplification by subsampling assumes), and the same ones under the reproducible opt-in.
 
 These catch library regressions of the kind met while building dpbench: silently wrong conv
 per-sample gradients on channels_last inputs (Opacus 1.6 + diffusers attention), adapters that never
@@ -58,7 +60,7 @@ def _step_config(n: int, expected: int, physical: int, k: int, sigma: float, c: 
 
 
 def _build(name, options, device, grad_sample_mode, seed, dtype, step, mixed_precision="no", fault=None,
-           reproducible_noise=False):
+           reproducible=False):
     from dpbench.engine.faults import trainer_class
     from dpbench.engine.trainer import prepare_model
     from dpbench.models.diffusion import make_noise_scheduler
@@ -75,7 +77,7 @@ def _build(name, options, device, grad_sample_mode, seed, dtype, step, mixed_pre
     labels = torch.randint(0, num_classes, (step.num_examples,), generator=gen)
     cls = trainer_class(fault)
     return cls(model, make_noise_scheduler(), images, labels, step, _settings(grad_sample_mode, mixed_precision),
-               seed, device, reproducible_noise=reproducible_noise)
+               seed, device, reproducible=reproducible)
 
 
 def engine_per_example_gradients(trainer, x, t, noise, labels) -> list[list[torch.Tensor]]:
@@ -194,6 +196,7 @@ def _check(result, name, options, device, grad_sample_mode, seed, k, fault):
     result.divisor_rel_error = _divisor_check(name, options, device, grad_sample_mode, seed, k, fault)
     result.mixed_precision_max_ratio = _mixed_precision_clip(name, options, device, grad_sample_mode, seed, k)
     result.noise_unpredictable = _noise_is_unpredictable(name, options, device, grad_sample_mode, seed)
+    result.sampling_unpredictable = _sampling_is_unpredictable(name, options, device, grad_sample_mode, seed)
 
 
 def _divisor_check(name, options, device, grad_sample_mode, seed, k, fault) -> float:
@@ -250,12 +253,25 @@ def _noise_is_unpredictable(name, options, device, grad_sample_mode, seed) -> bo
     """Same seed, default settings: different noise. Same seed, reproducible noise: the same noise."""
     def noise_of(reproducible: bool) -> torch.Tensor:
         trainer = _build(name, options, device, grad_sample_mode, seed, torch.float64,
-                         _step_config(4, 2, 2, 1, sigma=1.0, c=1.0), reproducible_noise=reproducible)
+                         _step_config(4, 2, 2, 1, sigma=1.0, c=1.0), reproducible=reproducible)
         out = _flat(trainer.compute_step_gradient(torch.empty(0, dtype=torch.long)))
         trainer.finish()
         return out
 
     return bool(not torch.equal(noise_of(False), noise_of(False)) and torch.equal(noise_of(True), noise_of(True)))
+
+
+def _sampling_is_unpredictable(name, options, device, grad_sample_mode, seed) -> bool:
+    """Same seed, default settings: different Poisson batches (who is sampled is secret: amplification by
+    subsampling assumes it). Same seed, reproducible: the same batches."""
+    def batches_of(reproducible: bool) -> list[list[int]]:
+        trainer = _build(name, options, device, grad_sample_mode, seed, torch.float64,
+                         _step_config(32, 16, 16, 1, sigma=1.0, c=1.0), reproducible=reproducible)
+        out = [trainer.sample_logical_batch().tolist() for _ in range(8)]  # 256 coins: equal by chance ~2^-256
+        trainer.finish()
+        return out
+
+    return bool(batches_of(False) != batches_of(False) and batches_of(True) == batches_of(True))
 
 
 def run_selfcheck(methods: list[str] | None = None, device: str = "cpu", grad_sample_mode: str = "bookkeeping",
@@ -276,13 +292,14 @@ def format_selfcheck(report: SelfcheckReport) -> str:
         return "yes" if flag else "NO"
 
     head = (f"{'method':<10} {'trainable':>10} {'max rel err':>12} {'moved':>6} {'frozen ok':>9} {'clip':>5} "
-            f"{'bf16 clip':>10} {'divisor err':>11} {'noise σ ratio':>13} {'OS noise':>8}  result")
+            f"{'bf16 clip':>10} {'divisor err':>11} {'noise σ ratio':>13} {'OS noise':>8} {'OS sampling':>11}  result")
     lines = [head, "-" * len(head)]
     for c in report.methods:
         lines.append(
             f"{c.method:<10} {c.trainable_params:>10} {c.max_rel_error:>12.2e} {ok(c.trainable_changed):>6} "
             f"{ok(c.frozen_unchanged):>9} {ok(c.clip_ok):>5} {c.mixed_precision_max_ratio:>10.7f} "
-            f"{c.divisor_rel_error:>11.2e} {c.noise_std_ratio:>13.4f} {ok(c.noise_unpredictable):>8}  "
+            f"{c.divisor_rel_error:>11.2e} {c.noise_std_ratio:>13.4f} {ok(c.noise_unpredictable):>8} "
+            f"{ok(c.sampling_unpredictable):>11}  "
             + ("pass" if c.passed else "FAIL" + (f" ({c.error})" if c.error else "")
                + (f" wrong per-sample grads: {', '.join(c.details[:4])}" if c.details else ""))
         )

@@ -3,7 +3,8 @@
 Per logical step t = 1..T:
 
 1. **Poisson sampling**: each private example joins the logical batch independently with probability
-   q (the amplification-by-sampling assumption of the accountant). An empty batch is a *noise-only*
+   q, drawn from a generator seeded by the operating system (amplification by subsampling assumes
+   nobody knows who was sampled; dpbench/privacy/noise.py). An empty batch is a *noise-only*
    step — it still adds noise, steps the optimiser and the accountant — never skipped (skipping would
    make the step count data-dependent) and never forwarded (the UNet crashes on an empty batch).
 2. **Diffusion draws** for the whole logical batch: each example is repeated K times with independent
@@ -47,7 +48,7 @@ from dpbench.engine.memory import is_out_of_memory
 from dpbench.models.diffusion import denoising_loss_rows, num_label_rows
 from dpbench.privacy.accounting import Budget, DPStep, epsilon_spent, make_accountant
 from dpbench.privacy.clipping import Clipper, accumulation_dtype
-from dpbench.privacy.noise import derive_seed, noise_generator
+from dpbench.privacy.noise import DIFFUSION_STREAM, SAMPLING_STREAM, derive_seed, noise_generator, secret_seed
 
 if TYPE_CHECKING:
     from dpbench.config.suite import TrainingSettings
@@ -94,7 +95,8 @@ class DPTrainer:
     """Trains the trainable parameters of a prepared model with one :class:`DPStep` configuration.
 
     ``budget`` (optional) is what the accountant steps against; probes and checks run without one.
-    ``reproducible_noise`` derives the DP noise from ``seed``: not a DP release (see noise.py).
+    ``reproducible`` derives the Poisson sampling and the DP noise from ``seed``: not a DP release
+    (see dpbench/privacy/noise.py); by default both come from OS entropy.
     ``canaries`` (the audit) adds gradient canaries to the sampled population; ``distributed`` (one
     run on several processes, dpbench/engine/distributed.py) shards each logical batch and all-reduces
     the clipped sums; the EMA and the accountant then live on rank 0 only.
@@ -102,7 +104,7 @@ class DPTrainer:
 
     def __init__(self, model: nn.Module, scheduler, images: torch.Tensor, labels: torch.Tensor, step: DPStep,
                  training: "TrainingSettings", seed: int, device: torch.device | str, *,
-                 budget: Optional[Budget] = None, reproducible_noise: bool = False, canaries=None,
+                 budget: Optional[Budget] = None, reproducible: bool = False, canaries=None,
                  distributed=None):
         self.device = torch.device(device)
         self.model, self.scheduler, self.config, self.training = model, scheduler, step, training
@@ -130,11 +132,18 @@ class DPTrainer:
                                     step.noise_multiplicity) if step.private else None
         self.clipper = Clipper(step.clipping, step.expected_batch_size)
         self.physical_batch_size = step.physical_batch_size  # halved when a chunk runs out of memory
-        # Seeded streams (sampling; diffusion draws) make runs comparable across methods of a cell;
-        # the DP noise is not seeded from anything written down unless explicitly asked for.
-        self.sampling_gen = torch.Generator().manual_seed(derive_seed(seed, 1))
-        self.diffusion_gen = torch.Generator(self.device).manual_seed(derive_seed(seed, 2))
-        self.noise_gen, self.noise_source = noise_generator(self.device, seed if reproducible_noise else None)
+        # The mechanism's randomness — who is sampled, and the noise — is secret (OS entropy) unless
+        # reproducibility is explicitly asked for; every rank of a torchrun group must draw the same
+        # batches, so rank 0's sampling seed is broadcast. The diffusion draws enter an example's loss
+        # before clipping and stay seeded, so the methods of one cell see the same draws.
+        secret = seed if reproducible else None
+        sampling_seed, _ = secret_seed(secret, SAMPLING_STREAM)
+        if distributed is not None:
+            sampling_seed = distributed.broadcast_seed(sampling_seed)
+        self.sampling_gen = torch.Generator().manual_seed(sampling_seed)
+        del sampling_seed  # never kept beside the generator: its state alone goes into the private checkpoint
+        self.diffusion_gen = torch.Generator(self.device).manual_seed(derive_seed(seed, DIFFUSION_STREAM))
+        self.noise_gen, self.noise_source = noise_generator(self.device, secret)
         if not step.private:
             self.noise_source = "none"
         self.accountant = make_accountant(budget.accountant) if budget is not None and step.private and self._is_root() else None

@@ -171,13 +171,23 @@ def pareto_points(grid: ResultGrid, eps: float, cost: Metric, lower_cost_is_bett
 
 
 def seeded_noise_warning(grid: ResultGrid) -> Optional[str]:
-    """Runs whose DP noise was derived from the seed are reproducible by anyone who knows the seed."""
-    seeded = [run.run_id for run in grid.runs + grid.failed if run.noise_source == "seeded"]
-    if not seeded:
-        return None
-    return (f"Not a DP release: the noise was derived from the seed in {len(seeded)} run"
-            f"{'s' if len(seeded) != 1 else ''} ({', '.join(seeded)}). Anyone who knows the seed can remove it; "
-            "these results measure utility under DP-shaped noise, not privacy.")
+    """Private runs whose DP noise or Poisson sampling was derived from the seed: anyone who knows the seed
+    can remove the noise, or knows who was sampled (which voids amplification by subsampling)."""
+    runs = [run for run in grid.runs + grid.failed if run.noise_source != "none"]
+    seeded = [run.run_id for run in runs if run.noise_source == "seeded" or run.sampling_source == "seeded"]
+    legacy = [run.run_id for run in runs if run.run_id not in seeded and run.sampling_source is None]
+    notes = []
+    if seeded:
+        notes.append(f"Not a DP release: the noise was derived from the seed in {len(seeded)} run"
+                     f"{'s' if len(seeded) != 1 else ''} ({', '.join(seeded)}), and so was the Poisson sampling. "
+                     "Anyone who knows the seed can remove the noise and knows who was sampled; these results "
+                     "measure utility under DP-shaped noise, not privacy.")
+    if legacy:
+        notes.append(f"Not a DP release: {len(legacy)} run{'s' if len(legacy) != 1 else ''} "
+                     f"({', '.join(legacy[:6])}{', …' if len(legacy) > 6 else ''}) were written by a dpbench before "
+                     "0.2, whose Poisson sampling was derived from the published seed (who was sampled is known, so "
+                     "amplification by subsampling does not hold). Their utility numbers are unaffected.")
+    return " ".join(notes) or None
 
 
 def single_seed_note(grid: ResultGrid) -> Optional[str]:

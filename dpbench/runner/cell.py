@@ -91,7 +91,8 @@ def _base_result(ctx: RunContext, planned: PlannedRun, **fields) -> RunResult:
         dataset_label=ctx.suite.data.label or spec.dataset, public_dataset=spec.public_dataset,
         epsilon=spec.epsilon, delta=budget.delta, accountant=budget.accountant if step.private else None,
         noise_multiplier=budget.noise_multiplier,
-        noise_source=("seeded" if ctx.suite.privacy.reproducible_noise else "os_entropy") if step.private else "none",
+        noise_source=("seeded" if ctx.suite.privacy.reproducible else "os_entropy") if step.private else "none",
+        sampling_source="seeded" if ctx.suite.privacy.reproducible else "os_entropy",
         sample_rate=step.sample_rate, steps=step.steps, expected_batch_size=step.expected_batch_size,
         physical_batch_size=step.physical_batch_size, physical_batch_size_setting=planned.physical_batch,
         noise_multiplicity=step.noise_multiplicity, clipping=clipping, lr=planned.training.lr,
@@ -146,7 +147,7 @@ def _run(ctx: RunContext, planned: PlannedRun, folder: Path, phase: dict) -> Run
     model = prepare_model(ctx.pretrained.model, method, ctx.num_classes, ctx.device)
     trainable, total = count_parameters(model)
     trainer = DPTrainer(model, scheduler, ctx.train[0], ctx.train[1], step, planned.training, spec.seed, ctx.device,
-                        budget=plan.budget, reproducible_noise=suite.privacy.reproducible_noise,
+                        budget=plan.budget, reproducible=suite.privacy.reproducible,
                         distributed=ctx.distributed)
     diagnostics = None
     if ctx.is_root and step.private and step.clipping.mode != "quantile":
