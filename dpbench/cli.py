@@ -208,17 +208,29 @@ def cmd_validate(args) -> int:
     runs = _in_file(path, plan_runs, suite, args.data_root)
     for problem in missing_requirements(suite):
         print(f"dpbench: warning: {path}: this machine cannot run it yet: {problem}", file=sys.stderr)
+    data_root = suite.data_root(suite.data.private, args.data_root)
     if args.json:
-        print(json.dumps([r.as_row() for r in runs], indent=2))
+        print(json.dumps([{**r.as_row(), "data_root": data_root} for r in runs], indent=2))
         return 0
     for r in runs:
         row = r.as_row()
         sigma = f"σ={row['noise_multiplier']:.4g}" if row["epsilon"] != "inf" else "non-private"
+        assumed = "" if r.num_examples_exact else f", ASSUMED N={row['num_examples']}"
         print(f"{row['run_id']:<28} {row['dataset']:<14} {row['method']:<10} ε={row['epsilon']:<5} seed={row['seed']}  "
               f"({sigma}, q={row['sample_rate']:.4g}, T={row['steps']}, clip={row['clipping']}, "
-              f"K={row['noise_multiplicity']})")
-    print(f"{path}: valid, {len(runs)} runs", file=sys.stderr)
+              f"K={row['noise_multiplicity']}{assumed})")
+    print(f"{path}: valid, {len(runs)} runs; {data_size_line(runs, data_root)}", file=sys.stderr)
     return 0
+
+
+def data_size_line(runs, data_root: str | None) -> str:
+    """Where the private data was looked for and whether σ, q and T come from its real size."""
+    n = runs[0].plan.step.num_examples if runs else 0
+    where = data_root or "no data root set"
+    if not runs or runs[0].num_examples_exact:
+        return f"private data: {where} (N={n})"
+    return (f"private data NOT FOUND under {where}: σ, q and T assume the dataset's nominal N={n} — "
+            "pass --data-root (or set data.root) to compute them for the real data")
 
 
 def _runner_settings(args):

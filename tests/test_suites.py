@@ -77,7 +77,7 @@ BAD_SUITES = {
     "epsilon_zero": (_mutate("privacy.epsilons", [0, 10]), ["privacy.epsilons", "> 0"]),
     "epsilon_negative": (_mutate("privacy.epsilons", [-1]), ["privacy.epsilons", "> 0"]),
     "delta_too_big_for_n": (_mutate("privacy.delta", 0.01), ["privacy.delta", "1/N", "1437"]),
-    "delta_ge_one": (_mutate("privacy.delta", 1.5), ["privacy.delta", "less than 1"]),
+    "delta_ge_one": (_mutate("privacy.delta", 1.5), ["privacy.delta", "must be < 1", "give a value < 1"]),
     "batch_larger_than_data": (_mutate("privacy.expected_batch_size", 5000), ["privacy.expected_batch_size", "1437"]),
     "missing_field": (_mutate("privacy.max_grad_norm", _DELETE), ["privacy.max_grad_norm", "missing"]),
     "missing_section": (_mutate("methods", _DELETE), ["methods", "missing"]),
@@ -87,6 +87,15 @@ BAD_SUITES = {
     "duplicate_method": (_mutate("methods.1", {"name": "full"}), ["full", "twice", "label"]),
     "unreachable_epsilon": (_mutate("privacy.epsilons", [1e-6]), ["privacy.epsilons", "unreachable"]),
     "image_size_mismatch": (_mutate("data.public.image_size", 28), ["data.public", "image_size"]),
+    # issue 18: each of these was a traceback, a hang or a silent acceptance
+    "epochs_100000": (_mutate("privacy.epochs", 100000), ["privacy.epochs", "T=", "100000", "lower privacy.epochs"]),
+    "epochs_1e300": (_mutate("privacy.epochs", 1e300), ["privacy.epochs", "must be ≤"]),
+    "repeated_seeds": (_mutate("seeds", [0, 0]), ["seeds", "listed twice", "list each seed once"]),
+    "missing_imagefolder": (_mutate("data.private", {"name": "imagefolder", "image_size": 8, "channels": 1,
+                                                     "options": {"path": "/no/such/folder"}}),
+                            ["data.private", "/no/such/folder", "not found"]),
+    "duplicate_key": (_mutate("name", "quickstart") + "name: again\n", ["duplicate key", "'name'", "give each key once"]),
+    "epsilon_1e300": (_mutate("privacy.epsilons", [1e300]), ["privacy.epsilons", "unreachable", "≤ 100"]),
 }
 
 
@@ -102,6 +111,48 @@ def test_bad_suite_is_one_line_exit_2(case, tmp_path, capsys):
     for piece in expected:
         assert piece in err, (piece, err)
     assert "Traceback" not in err
+
+
+def test_not_utf8_is_one_line_exit_2(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes((_mutate("description", "x") + "# written in Latin-1: café\n").encode("latin-1"))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not UTF-8" in err and "save the suite as UTF-8" in err
+
+
+def test_validate_marks_numbers_computed_from_an_assumed_n(tmp_path, capsys):
+    """Issue 18: without the data, σ, q and T assume the dataset's nominal N — said on every line and in --json."""
+    assert main(["validate", "mnist10k-cpu", "--data-root", str(tmp_path / "nothing-here")]) == 0
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert lines and all("ASSUMED N=60000" in line for line in lines)
+    assert "NOT FOUND" in err and str(tmp_path / "nothing-here") in err
+    assert main(["validate", "mnist10k-cpu", "--json", "--data-root", str(tmp_path / "nothing-here")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["num_examples"], r["num_examples_source"]) for r in rows} == {(60000, "nominal")}
+    assert rows[0]["data_root"] == str(tmp_path / "nothing-here")
+
+
+def test_quickstart_rows_say_their_n_is_real(capsys):
+    assert main(["validate", "quickstart", "--json"]) == 0
+    assert {(r["num_examples"], r["num_examples_source"]) for r in json.loads(capsys.readouterr().out)} == {(1437, "data")}
+
+
+def test_relative_data_root_is_relative_to_the_suite_file(tmp_path, monkeypatch):
+    """One rule wherever the command runs: a relative root written in a suite is relative to the suite's folder;
+    one typed on the command line is relative to the working directory."""
+    folder = tmp_path / "project" / "suites"
+    folder.mkdir(parents=True)
+    raw = yaml.safe_load(_mutate("data", {"root": "../data", "private": {"name": "digits", "image_size": 8, "channels": 1},
+                                          "public": {"name": "shapes", "image_size": 8, "channels": 1}}))
+    (folder / "s.yaml").write_text(yaml.safe_dump(raw))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    suite = load_suite(folder / "s.yaml")
+    assert suite.data_root(suite.data.private) == str(tmp_path / "project" / "data")
+    assert suite.data_root(suite.data.private, "cli-data") == str(elsewhere / "cli-data")
 
 
 def test_missing_suite_file(capsys):
@@ -148,12 +199,12 @@ def test_only_filter_selects_cells():
 MORE_BAD_SUITES = {
     "public_is_private": (_mutate("data.public", {"name": "digits", "image_size": 8, "channels": 1}),
                           ["data.public is the private dataset"]),
-    "traversal_suite_name": (_mutate("name", "../../escape"), ["name", "pattern"]),
+    "traversal_suite_name": (_mutate("name", "../../escape"), ["name", "not a usable name", "only letters, digits"]),
     "traversal_method_label": (_mutate("methods.0", {"name": "full", "label": "../../x"}), ["methods[0].label"]),
     "absolute_method_label": (_mutate("methods.0", {"name": "full", "label": "/tmp/x"}), ["methods[0].label"]),
     "fid_against_private_train": (_mutate("evaluation", {"fid_reference_split": "train"}),
                                   ["fid_reference_split", "use test"]),
-    "bad_quantile": (_mutate("privacy.max_grad_norm", {"quantile": 1.5}), ["privacy.max_grad_norm.quantile", "less than 1"]),
+    "bad_quantile": (_mutate("privacy.max_grad_norm", {"quantile": 1.5}), ["privacy.max_grad_norm.quantile", "must be < 1"]),
     "negative_clip": (_mutate("privacy.max_grad_norm", -1.0), ["privacy.max_grad_norm", "> 0"]),
 }
 

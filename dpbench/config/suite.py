@@ -20,15 +20,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (AliasChoices, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (AliasChoices, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
+                      ValidationError, field_validator, model_validator)
 
 from dpbench.errors import UserError
 from dpbench.results import NAME_PATTERN, format_epsilon, parse_epsilon
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf/nan numbers: a suite's ∞ is only ever the string "inf" in privacy.epsilons.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DatasetRef(Strict):
@@ -59,7 +60,7 @@ class ModelSettings(Strict):
     @model_validator(mode="after")
     def _one_source(self):
         if (self.preset is None) == (self.pretrained is None):
-            raise ValueError("give exactly one of model.preset or model.pretrained")
+            raise ValueError("model.preset and model.pretrained: both or neither given — give exactly one of them")
         return self
 
 
@@ -100,14 +101,14 @@ ClippingSpec = Annotated[
 
 def _check_clipping(value):
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
-        raise ValueError(f"a clipping norm must be > 0 (got {value}); or use auto, or {{quantile: q}}")
+        raise ValueError(f"a clipping norm must be > 0 (got {value}) — give C > 0, auto, or {{quantile: q}}")
     return value
 
 
 def _check_physical_batch(value):
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         return value
-    raise ValueError(f"give a positive integer or auto (got {value!r})")
+    raise ValueError(f"{value!r} is not a batch size — give a positive integer or auto")
 
 
 PhysicalBatchSize = Annotated[Union[int, Literal["auto"]], BeforeValidator(_check_physical_batch)]
@@ -118,8 +119,8 @@ class PrivacySettings(Strict):
     delta: float = Field(gt=0, lt=1)
     accountant: Literal["prv", "rdp"] = "prv"
     expected_batch_size: int = Field(gt=0, description="expected logical (Poisson) batch size")
-    epochs: Optional[float] = Field(default=None, gt=0)
-    steps: Optional[int] = Field(default=None, gt=0)
+    epochs: Optional[float] = Field(default=None, gt=0, le=1e6)
+    steps: Optional[int] = Field(default=None, gt=0, le=100_000, description="logical steps T (at most 100,000)")
     max_grad_norm: ClippingSpec = Field(description="C (a number), auto, or {quantile: q}")
     noise_multiplicity: int = Field(default=1, ge=1, description="K noised copies averaged inside each example's loss")
     physical_batch_size: PhysicalBatchSize = Field(
@@ -149,9 +150,9 @@ class PrivacySettings(Strict):
     def _positive(cls, value):
         for eps in value:
             if eps != "inf" and not eps > 0:
-                raise ValueError(f"epsilon must be > 0 (got {eps}); use inf for the non-private reference")
+                raise ValueError(f"epsilon must be > 0 (got {eps}) — give ε > 0, or inf for the non-private reference")
         if len({float(e) for e in value}) != len(value):
-            raise ValueError("epsilons are repeated")
+            raise ValueError("epsilons are repeated — list each ε once")
         return value
 
     _clip = field_validator("max_grad_norm")(classmethod(lambda cls, v: _check_clipping(v)))
@@ -159,7 +160,7 @@ class PrivacySettings(Strict):
     @model_validator(mode="after")
     def _length(self):
         if (self.epochs is None) == (self.steps is None):
-            raise ValueError("give exactly one of privacy.epochs or privacy.steps")
+            raise ValueError("privacy.epochs and privacy.steps: both or neither given — give exactly one of them")
         return self
 
 
@@ -250,7 +251,7 @@ class ExecutorSettings(Strict):
 class Suite(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(default_factory=lambda: [0], min_length=1)
     data: DataSettings
     model: ModelSettings
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
@@ -262,20 +263,28 @@ class Suite(Strict):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value):
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice (two runs would share one run id) — list each seed once")
+        return value
+
     @model_validator(mode="after")
     def _cross_checks(self):
         problems = []
         keys = [m.key for m in self.methods]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
-            problems.append(f"method {dupes[0]!r} appears twice; give each entry a distinct label")
+            problems.append(f"method {dupes[0]!r} appears twice — give each entry a distinct label")
         if self.model.preset is not None and self.data.public is None:
-            problems.append("a preset must be pretrained: add data.public (or use model.pretrained)")
+            problems.append("a preset must be pretrained — add data.public (or use model.pretrained)")
         if self.sampling.guidance_scale > 0 and self.training.label_dropout == 0:
-            problems.append("sampling.guidance_scale > 0 needs training.label_dropout > 0")
+            problems.append("sampling.guidance_scale > 0 needs training.label_dropout > 0 — set one, or guidance_scale: 0")
         public, private = self.data.public, self.data.private
         if public is not None and (public.image_size != private.image_size or public.channels != private.channels):
-            problems.append("data.public must have the image_size and channels of data.private")
+            problems.append("data.public must have the image_size and channels of data.private — make them equal")
         if public is not None and public.identity() == private.identity():
             problems.append("data.public is the private dataset: pretraining on private data outside the DP "
                             "mechanism voids the guarantee — use a different public dataset")
@@ -287,9 +296,23 @@ class Suite(Strict):
             raise ValueError("; ".join(problems))
         return self
 
+    # The folder of the file this suite was read from: relative roots in a suite are relative to it.
+    _source_dir: Optional[Path] = PrivateAttr(default=None)
+
     def data_root(self, ref: DatasetRef, override: Optional[str] = None) -> Optional[str]:
-        """The one data-root resolution: --data-root, then the dataset's root, data.root, $DPBENCH_DATA."""
-        return override or ref.root or self.data.root or os.environ.get("DPBENCH_DATA")
+        """The one data-root resolution, an absolute path (or None): --data-root, then the dataset's root,
+        data.root, $DPBENCH_DATA. A relative path typed on the command line or in the environment is relative
+        to the working directory; a relative path written in a suite file is relative to that file's folder
+        (symlinks resolved), so one suite reads the same data wherever it is run from."""
+        if override:
+            return os.path.abspath(os.path.expanduser(override))
+        for written in (ref.root, self.data.root):
+            if written:
+                path = os.path.expanduser(written)
+                base = self._source_dir if self._source_dir is not None else Path.cwd()
+                return os.path.normpath(path if os.path.isabs(path) else base / path)
+        env = os.environ.get("DPBENCH_DATA")
+        return os.path.abspath(os.path.expanduser(env)) if env else None
 
     def method(self, key: str) -> MethodSpec:
         return next(m for m in self.methods if m.key == key)
@@ -331,6 +354,45 @@ _FIXES = {
     "extra_forbidden": "remove it or fix its spelling (see docs/suite.md)",
     "missing": "add this required field (see docs/suite.md)",
 }
+
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", "≥"), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "≤")}
+_KIND_NAMES = {"int": "a whole number", "float": "a number", "bool": "true or false", "string": "a string",
+               "list": "a list, e.g. [1, 2]", "dict": "a mapping of keys", "model": "a mapping of keys",
+               "model_attributes": "a mapping of keys"}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _explain(e: dict) -> tuple[str, str]:
+    """(what is wrong, the fix) for one pydantic error, in the suite's words rather than the validator's."""
+    kind, ctx, value = e["type"], e.get("ctx") or {}, e.get("input")
+    msg = e["msg"].removeprefix("Value error, ")
+    if kind in _BOUNDS:
+        key, sign = _BOUNDS[kind]
+        bound = ctx.get(key)
+        bound = f"{bound:g}" if isinstance(bound, (int, float)) else bound
+        return f"must be {sign} {bound} (got {_shown(value)})", f"give a value {sign} {bound}"
+    if kind == "string_pattern_mismatch":
+        if ctx.get("pattern") == NAME_PATTERN:
+            return (f"{_shown(value)} is not a usable name",
+                    "start with a letter or digit and use only letters, digits, '.', '_' and '-'")
+        return f"{_shown(value)} does not have the expected form", "see docs/suite.md for the allowed values"
+    if kind == "finite_number":
+        return f"must be a finite number (got {_shown(value)})", "give a finite number"
+    if kind == "literal_error":
+        return f"{_shown(value)} is not allowed", f"use {ctx.get('expected', 'one of the documented values')}"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length', 1)} item(s)", "add an entry (see docs/suite.md)"
+    if kind == "int_from_float":
+        return f"must be a whole number (got {_shown(value)})", "write it without a fraction"
+    for name, description in _KIND_NAMES.items():
+        if kind in (f"{name}_type", f"{name}_parsing"):
+            return f"must be {description} (got {_shown(value)})", f"write {description} (see docs/suite.md)"
+    return msg, _FIXES.get(kind, "see docs/suite.md for the allowed values")
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -381,7 +443,7 @@ def _messages(path: str, err: ValidationError) -> list[str]:
         loc, kind = tuple(e["loc"]), e["type"]
         if kind == "missing" and loc in explained:
             continue  # reported as the unknown key that replaced it
-        msg, fix = e["msg"].removeprefix("Value error, "), _FIXES.get(kind, "")
+        msg, fix = _explain(e) if kind != "value_error" else (e["msg"].removeprefix("Value error, "), "")
         if kind == "extra_forbidden":
             msg = f"unknown key {str(loc[-1])!r}"
             if loc in suggestions:
@@ -394,7 +456,8 @@ def _messages(path: str, err: ValidationError) -> list[str]:
 
 def parse_suite(raw: Any, path: str = "<suite>") -> Suite:
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a suite must be a YAML mapping with keys name, data, model, privacy, methods")
+        raise UserError(f"{path}: this is not a suite — a suite is a YAML mapping with keys name, data, model, privacy, "
+                        "methods (see docs/suite.md and the built-in suites: dpbench ls suites)")
     try:
         return Suite.model_validate(raw)
     except ValidationError as err:
@@ -423,16 +486,64 @@ def resolve_suite_path(name_or_path: str | os.PathLike) -> Path:
     raise UserError(f"{name_or_path}: suite file not found — give the path to a suite YAML or a built-in name ({hint})")
 
 
-def load_suite(path: str | os.PathLike) -> Suite:
-    path = resolve_suite_path(path)
+MAX_SUITE_BYTES = 1 << 20  # a suite is a page of settings; anything larger is not one
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the schema reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_suite_yaml(path: Path) -> Any:
+    """The suite file's YAML (safe_load semantics, duplicate keys refused); a UserError for anything that
+    is not a readable UTF-8 YAML document."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        data = path.read_bytes() if size <= MAX_SUITE_BYTES else b""
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the suite file ({err.strerror}) — check the path and its permissions") from None
+    if size > MAX_SUITE_BYTES:
+        raise UserError(f"{path}: {size} bytes is not a suite (at most {MAX_SUITE_BYTES} bytes) — give the suite YAML file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}) — save the suite "
+                        "as UTF-8 YAML") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{path}:{where}: YAML syntax error: {problem} — fix the YAML syntax") from None
-    return parse_suite(raw, str(path))
+        what, fix = ("duplicate key", "give each key once") if "given twice" in str(problem) else \
+            ("YAML syntax error", "fix the YAML syntax")
+        raise UserError(f"{path}:{where}: {what}: {problem} — {fix}") from None
+    except RecursionError:
+        raise UserError(f"{path}: the YAML is nested too deeply to be a suite — see docs/suite.md for its shape") from None
+
+
+def load_suite(path: str | os.PathLike) -> Suite:
+    path = resolve_suite_path(path)
+    raw = read_suite_yaml(path)
+    try:
+        suite = parse_suite(raw, str(path))
+    except RecursionError:
+        raise UserError(f"{path}: the YAML is nested too deeply to be a suite — see docs/suite.md for its shape") from None
+    suite._source_dir = path.resolve().parent
+    return suite
 
 
 # --------------------------------------------------------------------------------------------- grid

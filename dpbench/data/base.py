@@ -67,6 +67,8 @@ class ImageDataset(ABC):
         try:
             n = self._present_train_size(_expand(root), options)
         except UserError:
+            if not self.nominal_train_size:
+                raise  # user data has no nominal size: say where it was looked for, not "0 examples"
             n = None
         n, exact = (int(n), True) if n is not None else (self.nominal_train_size, False)
         subset = options.get(TRAIN_SUBSET)

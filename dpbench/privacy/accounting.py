@@ -92,23 +92,91 @@ class PrivacyPlan:
         return self.step.private
 
 
+# Beyond these a suite is not a DP fine-tuning run (paper-scale suites have T ≈ 600 and ε ≤ 10), and the
+# accountants' numerics or running time break down: refused with the fix instead of hanging or overflowing.
+MAX_STEPS = 100_000
+MIN_EPSILON, MAX_EPSILON = 1e-3, 100.0
+# The PRV accountant discretises a privacy-loss domain whose size grows with ε and √T: one evaluation
+# took 0.6 s at ε·√T ≈ 900 and 14 s at ≈ 7,000 (2 busy CPU cores), and a calibration takes 4-8 of them. Above this, calibration is refused with
+# the advice to use the RDP accountant (a looser bound that costs milliseconds).
+MAX_PRV_EPSILON_ROOT_STEPS = 1000.0
+# No run needs more noise than this; if even σ = 100 misses ε, the budget is unreachable (said at once
+# instead of Opacus doubling σ up to 10⁶, which took over a minute for ε = 0.001).
+MAX_USEFUL_SIGMA = 100.0
+EPSILON_TOLERANCE = 0.005  # absolute, or 5e-4·ε when larger: σ is calibrated to ε·(1 − 5e-4) ≤ ε_spent ≤ ε
+
+
 def logical_steps(num_examples: int, expected_batch_size: int, epochs: float | None, steps: int | None) -> int:
-    if steps is not None:
-        return int(steps)
-    return max(1, math.ceil(epochs * num_examples / expected_batch_size))
+    total = float(steps) if steps is not None else max(1.0, epochs * (num_examples / expected_batch_size))
+    if not total <= MAX_STEPS:  # also catches inf and nan, before any rounding
+        raise UserError(f"privacy.epochs/steps: T={total:.4g} logical steps is more than dpbench accounts for "
+                        f"({MAX_STEPS}) — lower privacy.epochs (or steps), or raise privacy.expected_batch_size")
+    return int(total) if steps is not None else math.ceil(total)
+
+
+def check_calibration_range(epsilon: float, steps: int, accountant: str) -> None:
+    """A one-line error for budgets the accountants cannot calibrate (in time, or at all); T is checked
+    by :func:`logical_steps`."""
+    if not MIN_EPSILON <= epsilon <= MAX_EPSILON:
+        raise UserError(f"privacy.epsilons: ε={epsilon:g} is unreachable in practice: dpbench calibrates "
+                        f"{MIN_EPSILON:g} ≤ ε ≤ {MAX_EPSILON:g} — choose ε in that range, or inf for the non-private reference")
+    if accountant == "prv" and (epsilon * math.sqrt(steps) > MAX_PRV_EPSILON_ROOT_STEPS):
+        raise UserError(f"privacy.accountant: prv cannot calibrate ε={epsilon:g} over T={steps} steps in reasonable "
+                        f"time (it needs ε·√T ≤ {MAX_PRV_EPSILON_ROOT_STEPS:.0f}) — use "
+                        "accountant: rdp (a looser bound), or lower ε or T")
+
+
+def _epsilon_of(sigma: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(sigma, sample_rate, steps)]
+    return float(acc.get_epsilon(delta=delta))
+
+
+def _calibrate_prv(epsilon: float, delta: float, sample_rate: float, steps: int, rdp_sigma: float) -> float:
+    """The PRV σ: the smallest σ (within EPSILON_TOLERANCE of ε) whose PRV ε ≤ the target.
+
+    Opacus' search bisects [0, 20] and so evaluates the PRV at σ far below the answer, where its domain
+    (and cost) is largest. The RDP σ is an upper bound in practice (RDP is looser) and the answer lies a
+    few percent below it, so the search starts there and interpolates in log ε, never far below σ."""
+    f = lambda sigma: _epsilon_of(sigma, sample_rate, steps, delta, "prv")  # noqa: E731
+    hi, e_hi = rdp_sigma, f(rdp_sigma)
+    while e_hi > epsilon:  # not an upper bound after all: widen upwards
+        hi *= 1.25
+        e_hi = f(hi)
+        if hi > 1e6:
+            raise ValueError("The privacy budget is too low.")
+    lo = hi * 0.85
+    e_lo = f(lo)
+    while e_lo <= epsilon:  # the answer is lower still
+        hi, e_hi, lo = lo, e_lo, lo * 0.85
+        e_lo = f(lo)
+    while epsilon - e_hi > max(EPSILON_TOLERANCE, 5e-4 * epsilon):
+        # regula falsi on log ε, kept inside the middle 90% of the bracket so it always shrinks
+        w = (math.log(e_lo) - math.log(epsilon)) / (math.log(e_lo) - math.log(e_hi))
+        sigma = lo + min(0.95, max(0.05, w)) * (hi - lo)
+        e = f(sigma)
+        if e <= epsilon:
+            hi, e_hi = sigma, e
+        else:
+            lo, e_lo = sigma, e
+    return hi
 
 
 @functools.lru_cache(maxsize=256)
 def calibrate_noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     from opacus.accountants.utils import get_noise_multiplier
 
+    check_calibration_range(epsilon, steps, accountant)
     try:
-        return float(
-            get_noise_multiplier(
-                target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
-                accountant=accountant, epsilon_tolerance=0.005,
-            )
-        )
+        if _epsilon_of(MAX_USEFUL_SIGMA, sample_rate, steps, delta, "rdp") > epsilon:
+            raise ValueError(f"even σ = {MAX_USEFUL_SIGMA:g} does not reach it")
+        rdp_sigma = float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                               steps=steps, accountant="rdp", epsilon_tolerance=EPSILON_TOLERANCE))
+        if accountant == "rdp":
+            return rdp_sigma
+        return _calibrate_prv(epsilon, delta, sample_rate, steps, rdp_sigma)
     except ValueError as err:
         raise UserError(
             f"privacy.epsilons: ε={epsilon:g} is unreachable with δ={delta:g}, q={sample_rate:.4g}, T={steps} "

@@ -35,6 +35,8 @@ class PlannedRun:
     training: TrainingSettings  # the suite's training settings with this method's learning rate
     config_hash: str
     physical_batch: Union[int, Literal["auto"]]  # the method's setting, else the suite's
+    # False when the private data was not found and q, T and σ assume the dataset's nominal size
+    num_examples_exact: bool = True
 
     def as_row(self) -> dict:
         step, budget = self.plan.step, self.plan.budget
@@ -48,7 +50,9 @@ class PlannedRun:
             "max_grad_norm": None if rule.mode in ("none", "auto") else rule.max_grad_norm,
             "noise_multiplicity": step.noise_multiplicity, "expected_batch_size": step.expected_batch_size,
             "physical_batch_size": self.physical_batch, "accountant": budget.accountant,
-            "num_examples": step.num_examples, "lr": self.training.lr, "options": self.method.options,
+            "num_examples": step.num_examples,
+            "num_examples_source": "data" if self.num_examples_exact else "nominal",
+            "lr": self.training.lr, "options": self.method.options,
             "config_hash": self.config_hash,
         }
 
@@ -109,12 +113,19 @@ def method_training(suite: Suite, method: MethodSpec) -> TrainingSettings:
 
 
 def plan_runs(suite: Suite, data_root: str | None = None, num_examples: int | None = None) -> list[PlannedRun]:
-    """All runs of the suite with their privacy plans; σ is calibrated once per ε and shared by every method."""
+    """All runs of the suite with their privacy plans; σ is calibrated once per ε and shared by every method.
+
+    Without ``num_examples`` the private data is counted where it lies; if it is not there, the dataset's
+    nominal size is assumed and every planned run says so (``num_examples_exact``)."""
     from dpbench.data.base import dataset_train_size
 
     check_names(suite)
+    exact = True
     if num_examples is None:
-        num_examples, _exact = dataset_train_size(suite.data.private, suite.data_root(suite.data.private, data_root))
+        try:
+            num_examples, exact = dataset_train_size(suite.data.private, suite.data_root(suite.data.private, data_root))
+        except UserError as err:
+            raise UserError([f"data.private: {p}" for p in err.problems]) from None
     pv = suite.privacy
     plans, problems = {}, []
 
@@ -140,7 +151,7 @@ def plan_runs(suite: Suite, data_root: str | None = None, num_examples: int | No
         physical = min(AUTO_PHYSICAL_BATCH_DEFAULT, plan.step.expected_batch_size) if setting == "auto" else setting
         plan = replace(plan, step=replace(plan.step, physical_batch_size=physical))
         out.append(PlannedRun(spec, plan, method, method_training(suite, method),
-                              run_config_hash(suite, spec, num_examples), setting))
+                              run_config_hash(suite, spec, num_examples), setting, exact))
     if problems:
         raise UserError(problems)
     return out
