@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun-changed", action="store_true",
                    help="re-run finished runs whose settings changed since (default: refuse, exit 2)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the runs (σ, q, T per cell) and estimated time and peak memory per run; run nothing")
+                   help="print the runs (σ, q, T per cell) and estimated time and memory per run; run nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan and estimates as JSON")
     _add_common(p)
 
     p = sub.add_parser("ls", help="list registered methods, datasets, presets, suites, ...")
@@ -233,8 +234,9 @@ def data_size_line(runs, data_root: str | None) -> str:
             "pass --data-root (or set data.root) to compute them for the real data")
 
 
-def _runner_settings(args):
-    """The suite (validated, its names resolved, this machine able to run it) and the runner's settings."""
+def _runner_settings(args, need_machine: bool = True):
+    """The suite (validated, its names resolved, this machine able to run it unless ``need_machine`` is
+    False) and the runner's settings."""
     from dpbench.config.suite import load_suite, resolve_suite_path
     from dpbench.runner.context import RunnerSettings
     from dpbench.runner.plan import check_names
@@ -243,7 +245,7 @@ def _runner_settings(args):
     path = resolve_suite_path(args.suite)
     suite = load_suite(path)
     _in_file(path, check_names, suite)
-    problems = missing_requirements(suite, args.device)
+    problems = missing_requirements(suite, args.device) if need_machine else []
     if problems:
         raise UserError([f"{path}: {p}" for p in problems])
     settings = RunnerSettings(suite_path=str(path), results_root=args.results_dir, data_root=args.data_root,
@@ -254,11 +256,14 @@ def _runner_settings(args):
 def cmd_run(args) -> int:
     from pathlib import Path
 
-    path, suite, settings = _runner_settings(args)
-    if args.dry_run:
-        from dpbench.runner.dry_run import dry_run
+    if args.json and not args.dry_run:
+        raise UserError("--json: only with --dry-run — add --dry-run, or read results with dpbench report")
+    path, suite, settings = _runner_settings(args, need_machine=not args.dry_run)
+    if args.dry_run:  # a GPU suite dry-runs on a laptop: what this machine lacks is said, not an error
+        from dpbench.runner.dry_run import dry_run, format_dry_run
 
-        print(_in_file(path, dry_run, settings, args.only))
+        result = _in_file(path, dry_run, settings, args.only)
+        print(json.dumps(result.as_json(), indent=2) if args.json else format_dry_run(result))
         return 0
     from dpbench.engine.distributed import is_root_process
     from dpbench.reporting.summary import format_summary

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dpbench.cli import main
@@ -238,6 +239,41 @@ def test_dry_run_prints_the_grid_with_estimates(tmp_path, capsys):
     for run_id in RUN_IDS:
         assert run_id in out
     assert "estimate" in out and "MiB" in out and not (tmp_path / "out").exists()
+
+
+def test_dry_run_json_has_per_run_and_total_estimates(tmp_path, capsys):
+    suite_path = _write_suite(tmp_path)
+    assert main(["run", str(suite_path), "--dry-run", "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["time_estimated"] and plan["num_examples_source"] == "data" and plan["num_examples"] == 1437
+    assert [r["run_id"] for r in plan["runs"]] == sorted(RUN_IDS, key=[r["run_id"] for r in plan["runs"]].index)
+    assert {r["run_id"] for r in plan["runs"]} == set(RUN_IDS)
+    for r in plan["runs"]:
+        phases = r["estimated_phase_seconds"]
+        assert all(v > 0 for v in phases.values()) and r["estimated_seconds"] == pytest.approx(sum(phases.values()))
+        assert r["estimated_memory_bytes"] > 0
+    assert plan["pretrain_estimated_seconds"] > 0, "nothing cached: pretraining is part of the cost"
+    assert plan["total_estimated_seconds"] == pytest.approx(
+        sum(r["estimated_seconds"] for r in plan["runs"]) + plan["pretrain_estimated_seconds"]
+        + plan["baselines_estimated_seconds"])
+    # DP per-example gradients cost memory that a non-private step does not hold
+    memory = {r["run_id"]: r["estimated_memory_bytes"] for r in plan["runs"]}
+    assert memory["loda-eps5-seed0"] > memory["loda-epsinf-seed0"]
+
+
+def test_a_gpu_suite_dry_runs_on_a_cpu_machine(capsys):
+    """Issue 18: `dpbench run cifar10 --dry-run` on a CPU machine was exit 2. Now: the grid, σ/q/T, analytic
+    memory, and a plain statement that time is not estimated here."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the suite can be timed here")
+    assert main(["run", "cifar10", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["time_estimated"] is False and plan["total_estimated_seconds"] is None
+    assert any("time not estimated" in n and "CUDA" in n for n in plan["notes"])
+    assert len(plan["runs"]) == 60 and all(r["estimated_memory_bytes"] > 0 for r in plan["runs"])
+    full = next(r for r in plan["runs"] if r["label"] == "full" and r["epsilon"] == "10")
+    bias = next(r for r in plan["runs"] if r["label"] == "bias" and r["epsilon"] == "10")
+    assert full["estimated_memory_bytes"] > 20 * bias["estimated_memory_bytes"]
 
 
 def test_kill_and_rerun_finishes_every_run_exactly_once(tmp_path):
