@@ -131,7 +131,7 @@ def _batch_figure(profile: Profile, styles):
 def _scaling(doc: Document, ctx: ReportContext, result: Scaling, stem: str) -> None:
     doc.subsection(f"Scaling with model size (batch {result.batch})")
     params = [p for _, p in result.sizes]
-    ticks = [(p, f"{model.label}\n{format_count(p)}") for model, p in result.sizes]
+    ticks = [(p, f"{model.label} ({format_count(p)})") for model, p in result.sizes]
     panels = _cost_panels(result.methods, lambda m: params, result.series)
     panels += [(f"{name}: DP / non-private", [Series(m, "dp", params, result.ratios(m, field)) for m in result.methods])
                for field, name, _, _ in PROFILE_PANELS]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional
 
-from dpbench.reporting.stats import Interval, PairedDiff, format_interval, format_p
+from dpbench.reporting.stats import Interval, PairedDiff, format_interval, format_p, format_significant
 from dpbench.results import display_epsilon
 
 MISSING = "—"
@@ -37,13 +37,21 @@ def format_bytes(value: Optional[float]) -> str:
     return f"{value:.0f} B"
 
 
+def format_cost(interval: Optional[Interval]) -> str:
+    """A measured cost with its interval; one run's cost is shown as it is (the report says once that one
+    seed has no intervals)."""
+    if interval is None:
+        return MISSING
+    return format_significant(interval.mean) if interval.low is None else format_interval(interval)
+
+
 def format_bytes_interval(interval: Optional[Interval]) -> str:
-    """Memory with its interval in one unit, the mean's: "210.7 MiB [205.1, 216.4]"."""
+    """Memory with its interval in one unit, the mean's: "210.7 MiB [205.1, 216.4]"; one run: "210.7 MiB"."""
     if interval is None:
         return MISSING
     text = format_bytes(interval.mean)
-    if interval.low is None or interval.high is None or " " not in text:
-        return text if interval.low is not None else f"{text} (n={interval.n}, no interval)"
+    if interval.low is None or interval.high is None:
+        return text
     unit = text.split(" ")[1]
     scale = {"GiB": 2**30, "MiB": 2**20, "KiB": 2**10, "B": 1}[unit]
     return f"{text} [{interval.low / scale:.1f}, {interval.high / scale:.1f}]"

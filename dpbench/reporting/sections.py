@@ -21,7 +21,7 @@ from dpbench.reporting.findings import (
     ACCURACY, headlines, pairwise_differences, seeded_noise_warning, single_seed_note, uninformative_metrics, verdict)
 from dpbench.reporting.formatting import (
     MISSING, format_bytes, format_bytes_interval, format_difference, format_distinct, format_epsilon_cell,
-    format_estimate, format_number, format_ratio_interval)
+    format_cost, format_estimate, format_number, format_ratio_interval)
 from dpbench.reporting.stats import SCALE_DESCRIPTIONS
 from dpbench.reporting.grid import ResultGrid
 from dpbench.reporting.tables import Table, interval_cell, mean_cell, method_epsilon_table
@@ -76,7 +76,7 @@ def headline_section(doc: Document, ctx: ReportContext) -> None:
     rows = [[display_epsilon(h.epsilon), h.best, format_estimate(h.accuracy),
              format_difference(h.gain_over_pretrained) if h.gain_over_pretrained else "— (no pretrained baseline)",
              format_bytes_interval(h.cost.memory), _versus_full(h, h.cost.memory_vs_full),
-             format_estimate(h.cost.throughput), _versus_full(h, h.cost.throughput_vs_full),
+             format_cost(h.cost.throughput), _versus_full(h, h.cost.throughput_vs_full),
              h.gap_to_nonprivate.text() if h.gap_to_nonprivate else "— (no ε = ∞ run)",
              "; ".join(f"vs {other}: {format_difference(diff)}" for other, diff in h.comparisons) or MISSING]
             for h in found]

@@ -264,6 +264,11 @@ def _sorted_seeds(seeds: set) -> list:
         return sorted(seeds, key=repr)
 
 
+def format_significant(value: float, digits: int = 3) -> str:
+    """``digits`` significant digits in positional notation (1280, 0.00833), 0 for rounding residues."""
+    return _format_number(value, digits)
+
+
 def _format_number(value: float, digits: int) -> str:
     # Positional notation with significant digits: 0.501, 0.44, 1230 — never 1.23e+03 in a table.
     # A magnitude below 1e-12 is the rounding residue of subtracting equal means (0.193 - 0.193 came out
