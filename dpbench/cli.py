@@ -92,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir", help="a suite's results directory (results/<suite>/)")
     p.add_argument("--out", help="output folder (default <results_dir>/report/)")
 
+    p = sub.add_parser("export", help="every run of a suite's results as one table (CSV, JSON Lines or Parquet)",
+                       description="One row per run (finished and failed) with every field of result.json "
+                       "(docs/results.md), nested fields flattened with dots, built with pandas.",
+                       epilog="example: dpbench export results/quickstart --format csv --out runs.csv",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results_dir", help="a suite's results directory (results/<suite>/), or a folder of them")
+    p.add_argument("--format", default="csv", choices=("csv", "jsonl", "parquet"),
+                   help="csv (default), jsonl, or parquet (needs pyarrow: pip install 'dpbench[parquet]')")
+    p.add_argument("--out", help="file to write (default: standard output; required for parquet)")
+
     p = sub.add_parser("profile", help="DP vs non-private step time and memory per method, batch size and preset")
     p.add_argument("suite", nargs="?", help=SUITE_HELP + "; default: --preset on random data")
     p.add_argument("--preset", default="small", help="comma-separated presets (scaling study: tiny,small,ldm-base,ddpm32)")
@@ -336,6 +346,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from dpbench.reporting.export import export_results
+
+    out = export_results(args.results_dir, args.format, args.out)
+    if out is not None:
+        print(f"exported to {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_profile(args) -> int:
     from dpbench.reporting.profiles import format_profile
     from dpbench.results import Profile, read_model
@@ -374,7 +393,8 @@ def cmd_tune(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "ls": cmd_ls, "validate": cmd_validate, "pretrain": cmd_pretrain,
-            "selfcheck": cmd_selfcheck, "audit": cmd_audit, "report": cmd_report, "profile": cmd_profile,
+            "selfcheck": cmd_selfcheck, "audit": cmd_audit, "report": cmd_report, "export": cmd_export,
+            "profile": cmd_profile,
             "regress": cmd_regress}
 
 if __name__ == "__main__":
