@@ -28,6 +28,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 SUITE_HELP = "a suite YAML file, or the name of a built-in suite (`dpbench ls suites`)"
 
 
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a suite setting, as YAML (repeatable, applied in order; part of the runs' config "
+                   "hash and recorded in the results' suite.yaml), e.g. --set privacy.epsilons=[1,10] "
+                   "--set methods[loda].lr=0.01")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import dpbench
 
@@ -49,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-run finished runs whose settings changed since (default: refuse, exit 2)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the runs (σ, q, T per cell) and estimated time and peak memory per run; run nothing")
+    _add_set(p)
     _add_common(p)
 
     p = sub.add_parser("ls", help="list registered methods, datasets, presets, suites, ...")
@@ -58,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--json", action="store_true", help="print the runs as a JSON list (with σ, q, T, C, K)")
     p.add_argument("--data-root", help="data folder, to count the private examples exactly")
+    _add_set(p)
 
     p = sub.add_parser("pretrain", help="pretrain the suite's preset on its public data (cached)")
     p.add_argument("suite", help=SUITE_HELP)
@@ -86,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "low-noise, no-clip, realised-divisor, repeated-noise — run it at a small ε (e.g. 2), see docs/audit.md")
     p.add_argument("--results-dir", default="results",
                    help="results root (default results/); writes DIR/<suite>/runs/<run_id>/audit[-FAULT].json")
+    _add_set(p)
     _add_common(p)
 
     p = sub.add_parser("report", help="build the HTML + markdown report of a suite's results")
@@ -125,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.25,0.5,1,2,4; with a fixed C: 0.25,1,4 × C·(0.01,0.1,1))")
     p.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds per candidate (default 0)")
     p.add_argument("--results-dir", default="results", help="results root; the sweep goes to DIR/<suite>/tune/")
+    _add_set(p)
     _add_common(p)
 
     p = sub.add_parser("regress", help="compare memory/throughput with a baseline; exit 1 on regression")
@@ -214,7 +225,7 @@ def cmd_validate(args) -> int:
     from dpbench.runner.requirements import missing_requirements
 
     path = resolve_suite_path(args.suite)
-    suite = load_suite(path)
+    suite = load_suite(path, args.set)
     runs = _in_file(path, plan_runs, suite, args.data_root)
     for problem in missing_requirements(suite):
         print(f"dpbench: warning: {path}: this machine cannot run it yet: {problem}", file=sys.stderr)
@@ -239,13 +250,14 @@ def _runner_settings(args):
     from dpbench.runner.requirements import missing_requirements
 
     path = resolve_suite_path(args.suite)
-    suite = load_suite(path)
+    suite = load_suite(path, args.set)
     _in_file(path, check_names, suite)
     problems = missing_requirements(suite, args.device)
     if problems:
         raise UserError([f"{path}: {p}" for p in problems])
     settings = RunnerSettings(suite_path=str(path), results_root=args.results_dir, data_root=args.data_root,
-                              cache_dir=args.cache_dir, device=args.device, progress=args.progress)
+                              cache_dir=args.cache_dir, device=args.device, progress=args.progress,
+                              overrides=tuple(args.set))
     return path, suite, settings
 
 

@@ -17,7 +17,7 @@ import os
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
@@ -421,7 +421,9 @@ def resolve_suite_path(name_or_path: str | os.PathLike) -> Path:
     raise UserError(f"{name_or_path}: suite file not found — give the path to a suite YAML or a built-in name ({hint})")
 
 
-def load_suite(path: str | os.PathLike) -> Suite:
+def load_suite(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Suite:
+    """The suite of a file (or built-in name), with command-line ``--set`` overrides applied to its raw
+    mapping before validation (:mod:`dpbench.config.overrides`)."""
     path = resolve_suite_path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -430,6 +432,10 @@ def load_suite(path: str | os.PathLike) -> Suite:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UserError(f"{path}:{where}: YAML syntax error: {problem} — fix the YAML syntax") from None
+    if overrides:
+        from dpbench.config.overrides import apply_overrides
+
+        raw = apply_overrides(raw, overrides)
     return parse_suite(raw, str(path))
 
 

@@ -50,7 +50,7 @@ def dry_run(settings: RunnerSettings, only: list[str]) -> str:
     from dpbench.runner.devices import resolve_device
     from dpbench.runner.plan import apply_filters, plan_runs
 
-    suite = load_suite(settings.suite_path)
+    suite = load_suite(settings.suite_path, settings.overrides)
     device = resolve_device(settings.device or suite.device)
     ref = suite.data.private
     root = suite.data_root(ref, settings.data_root)
