@@ -28,6 +28,25 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 SUITE_HELP = "a suite YAML file, or the name of a built-in suite (`dpbench ls suites`)"
 
 
+def _add_smoke(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--smoke", action="store_true",
+                   help="every cell end to end with 2 steps and minimal sampling and evaluation, to check the suite; "
+                   "results go to <results dir>/<suite>-smoke/, are marked smoke and measure nothing")
+
+
+def _suite_overrides(args, path) -> tuple[str, ...]:
+    """--set overrides, then the smoke settings with --smoke (dpbench/config/smoke.py)."""
+    from dpbench.config.suite import load_suite
+
+    overrides = tuple(args.set)
+    if getattr(args, "smoke", False):
+        from dpbench.config.smoke import smoke_overrides
+
+        load_suite(path, overrides)  # the suite and the user's overrides are valid: only then derive the smoke ones
+        overrides += tuple(smoke_overrides(path, overrides))
+    return overrides
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a suite setting, as YAML (repeatable, applied in order; part of the runs' config "
@@ -56,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-run finished runs whose settings changed since (default: refuse, exit 2)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the runs (σ, q, T per cell) and estimated time and peak memory per run; run nothing")
+    _add_smoke(p)
     _add_set(p)
     _add_common(p)
 
@@ -66,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--json", action="store_true", help="print the runs as a JSON list (with σ, q, T, C, K)")
     p.add_argument("--data-root", help="data folder, to count the private examples exactly")
+    _add_smoke(p)
     _add_set(p)
 
     p = sub.add_parser("pretrain", help="pretrain the suite's preset on its public data (cached)")
@@ -225,7 +246,7 @@ def cmd_validate(args) -> int:
     from dpbench.runner.requirements import missing_requirements
 
     path = resolve_suite_path(args.suite)
-    suite = load_suite(path, args.set)
+    suite = load_suite(path, _suite_overrides(args, path))
     runs = _in_file(path, plan_runs, suite, args.data_root)
     for problem in missing_requirements(suite):
         print(f"dpbench: warning: {path}: this machine cannot run it yet: {problem}", file=sys.stderr)
@@ -250,14 +271,15 @@ def _runner_settings(args):
     from dpbench.runner.requirements import missing_requirements
 
     path = resolve_suite_path(args.suite)
-    suite = load_suite(path, args.set)
+    overrides = _suite_overrides(args, path)
+    suite = load_suite(path, overrides)
     _in_file(path, check_names, suite)
     problems = missing_requirements(suite, args.device)
     if problems:
         raise UserError([f"{path}: {p}" for p in problems])
     settings = RunnerSettings(suite_path=str(path), results_root=args.results_dir, data_root=args.data_root,
                               cache_dir=args.cache_dir, device=args.device, progress=args.progress,
-                              overrides=tuple(args.set))
+                              overrides=overrides, smoke=getattr(args, "smoke", False))
     return path, suite, settings
 
 

@@ -142,6 +142,8 @@ class RunResult(Provenance):
     status: Literal["ok", "failed"] = Field("ok", description="failed: see error and phase; metrics may be null")
     error: Optional[str] = Field(None, description="failed runs: the error, one line")
     phase: Optional[str] = Field(None, description="failed runs: train, sample or evaluate")
+    smoke: bool = Field(False, description="a `--smoke` run (2 steps, minimal sampling and evaluation): checks the "
+                                           "pipeline, measures nothing; reports refuse to mix it with real runs")
     # identity
     run_id: str = Field(description="<method label>-eps<ε>-seed<seed>")
     suite: str

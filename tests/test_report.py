@@ -591,3 +591,14 @@ def test_report_loads_in_headless_chromium(built, tmp_path):
         assert re.search(r" MiB \[[0-9.]+, [0-9.]+\]", row["DP total peak memory [95% CI]"])
         assert re.search(r"^[0-9.]+ \[[0-9.]+, [0-9.]+\]", row["DP examples/s [95% CI]"])
         assert "vs lora" in row[OTHERS] and "vs loda" in row[OTHERS]
+
+
+def test_smoke_results_are_marked_and_never_mixed_with_real_ones(tmp_path):
+    results, out = _build(tmp_path, samples=False, epsilons=(1.0,), seeds=(0,))
+    for method in ("full", "lora", "loda"):
+        update_run(results, run_id_of(method, 1.0, 0), smoke=True)
+    page = Page(build_report(results, out).read_text())
+    assert page.paragraphs["alert"][0].startswith("Smoke test (dpbench run --smoke)")
+    update_run(results, run_id_of("lora", 1.0, 0), smoke=False)
+    with pytest.raises(UserError, match="mixes 2 --smoke runs .* with 1 real runs"):
+        build_report(results, tmp_path / "out2")

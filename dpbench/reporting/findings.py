@@ -222,6 +222,14 @@ def seeded_noise_warning(grid: ResultGrid) -> Optional[str]:
             "these results measure utility under DP-shaped noise, not privacy.")
 
 
+def smoke_warning(grid: ResultGrid) -> Optional[str]:
+    """Smoke runs (``--smoke``: 2 steps, minimal sampling and evaluation) check the pipeline, nothing more."""
+    if not any(run.smoke for run in grid.runs + grid.failed):
+        return None
+    return ("Smoke test (dpbench run --smoke): every run trained 2 steps with minimal sampling and evaluation. "
+            "It shows the suite runs end to end; its numbers measure nothing about the methods.")
+
+
 def single_seed_note(grid: ResultGrid) -> Optional[str]:
     if grid.max_seeds != 1:
         return None

@@ -168,4 +168,9 @@ def load_grid(results_dir: str | os.PathLike) -> ResultGrid:
     if not results:
         raise UserError(f"no finished runs in {results_dir} (expected runs/<run_id>/result.json); "
                         "run the suite first or pass its results directory")
+    smoke = sorted(r.run_id for r in results if r.smoke)
+    if smoke and len(smoke) < len(results):
+        raise UserError(f"{results_dir}: mixes {len(smoke)} --smoke runs (e.g. {smoke[0]}) with "
+                        f"{len(results) - len(smoke)} real runs; smoke runs measure nothing — remove their "
+                        "runs/<run_id>/ folders, or report them apart (dpbench run --smoke writes to <suite>-smoke/)")
     return ResultGrid.from_results(results_dir, results, load_baselines(results_dir))

@@ -18,7 +18,8 @@ from dpbench.reporting.document import Document, Picture
 from dpbench.reporting.figures import MethodStyle, Reference, method_styles, metric_vs_epsilon, png_bytes
 from dpbench.reporting.files import OutputFolder, Refused, image_inside, safe_file_name
 from dpbench.reporting.findings import (
-    ACCURACY, headlines, pairwise_differences, seeded_noise_warning, single_seed_note, uninformative_metrics, verdict)
+    ACCURACY, headlines, pairwise_differences, seeded_noise_warning, single_seed_note, smoke_warning,
+    uninformative_metrics, verdict)
 from dpbench.reporting.formatting import (
     MISSING, format_bytes, format_bytes_interval, format_difference, format_distinct, format_epsilon_cell,
     format_cost, format_estimate, format_number, format_ratio_interval)
@@ -56,9 +57,9 @@ class ReportContext:
 
 
 def privacy_banner(doc: Document, ctx: ReportContext) -> None:
-    warning = seeded_noise_warning(ctx.grid)
-    if warning:
-        doc.banner(warning)
+    for warning in (smoke_warning(ctx.grid), seeded_noise_warning(ctx.grid)):
+        if warning:
+            doc.banner(warning)
 
 
 HEADLINE_COLUMNS = ("ε", "best method", "accuracy [95% CI]", "gain over the pretrained model",

@@ -96,7 +96,8 @@ def _base_result(ctx: RunContext, planned: PlannedRun, **fields) -> RunResult:
         physical_batch_size=step.physical_batch_size, physical_batch_size_setting=planned.physical_batch,
         noise_multiplicity=step.noise_multiplicity, clipping=clipping, lr=planned.training.lr,
         class_embedding_lr=planned.training.class_embedding_lr, trainable_params=0, total_params=0,
-        world_size=ctx.distributed.world_size if ctx.distributed is not None else 1, **provenance(ctx.device))
+        world_size=ctx.distributed.world_size if ctx.distributed is not None else 1, smoke=ctx.settings.smoke,
+        **provenance(ctx.device))
     base.update(fields)
     return RunResult(**base)
 

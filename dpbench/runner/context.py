@@ -31,6 +31,7 @@ class RunnerSettings:
     device: Optional[str] = None  # None: the suite's device
     progress: bool = False
     overrides: tuple[str, ...] = ()  # --set key.path=value, applied to the suite file in this order
+    smoke: bool = False  # --smoke: overrides holds the smoke settings too; results are marked smoke
 
 
 @dataclass
