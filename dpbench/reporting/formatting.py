@@ -61,8 +61,7 @@ def format_ratio_interval(interval: Optional[Interval]) -> str:
     """A ratio with its interval: "0.71× [0.69, 0.73]"."""
     if interval is None:
         return MISSING
-    text = format_interval(interval)
-    mean, _, rest = text.partition(" ")
+    mean, _, rest = format_cost(interval).partition(" ")
     return f"{mean}× {rest}".rstrip()
 
 
