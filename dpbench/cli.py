@@ -47,6 +47,28 @@ def _suite_overrides(args, path) -> tuple[str, ...]:
     return overrides
 
 
+def _add_report_to(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-to", action="append", default=[], choices=("tensorboard", "mlflow"),
+                   help="also log every run (settings, metrics, curves) to TensorBoard (<results>/tensorboard/) or "
+                   "MLflow ($MLFLOW_TRACKING_URI, else <results>/mlruns); repeatable; needs pip install "
+                   "'dpbench[tensorboard]' / 'dpbench[mlflow]'")
+
+
+def _check_report_to(targets) -> None:
+    if targets:
+        from dpbench.reporting.loggers import require_targets
+
+        require_targets(targets)
+
+
+def _report_to(results_dir, targets) -> None:
+    if targets:
+        from dpbench.reporting.loggers import report_to
+
+        for line in report_to(results_dir, targets):
+            print(line, flush=True)
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a suite setting, as YAML (repeatable, applied in order; part of the runs' config "
@@ -71,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results", help="results root (default results/); runs go to DIR/<suite>/")
     p.add_argument("--reports-dir", help="write the report to DIR/<suite>/ (default: <results dir>/<suite>/report/)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML/markdown report at the end")
+    _add_report_to(p)
     p.add_argument("--rerun-changed", action="store_true",
                    help="re-run finished runs whose settings changed since (default: refuse, exit 2)")
     p.add_argument("--dry-run", action="store_true",
@@ -122,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="build the HTML + markdown report of a suite's results")
     p.add_argument("results_dir", help="a suite's results directory (results/<suite>/)")
     p.add_argument("--out", help="output folder (default <results_dir>/report/)")
+    _add_report_to(p)
 
     p = sub.add_parser("export", help="every run of a suite's results as one table (CSV, JSON Lines or Parquet)",
                        description="One row per run (finished and failed) with every field of result.json "
@@ -286,6 +310,7 @@ def _runner_settings(args):
 def cmd_run(args) -> int:
     from pathlib import Path
 
+    _check_report_to(args.report_to)  # a missing extra fails now, not after hours of runs
     path, suite, settings = _runner_settings(args)
     if args.dry_run:
         from dpbench.runner.dry_run import dry_run
@@ -307,6 +332,7 @@ def cmd_run(args) -> int:
 
         out = Path(args.reports_dir) / suite.name if args.reports_dir else outcome.results_dir / "report"
         print(f"report: {build_report(outcome.results_dir, out)}", flush=True)
+    _report_to(outcome.results_dir, args.report_to)
     if outcome.failed:
         for r in outcome.failed:
             print(f"dpbench: failed: {r.run_id} ({r.phase}): {r.error}", file=sys.stderr)
@@ -373,10 +399,12 @@ def cmd_report(args) -> int:
     from dpbench.reporting.report import build_report
     from dpbench.reporting.summary import format_summary
 
+    _check_report_to(args.report_to)
     out = Path(args.out) if args.out else Path(args.results_dir) / "report"
     index = build_report(args.results_dir, out)
     print(format_summary(args.results_dir))
     print(f"report: {index}")
+    _report_to(args.results_dir, args.report_to)
     return 0
 
 

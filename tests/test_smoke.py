@@ -41,6 +41,8 @@ def test_smoke_run_goes_to_its_own_folder_marked_smoke(tmp_path, capsys):
     assert sorted(results) == RUN_IDS  # every cell
     assert all(r.smoke and r.steps == 2 and r.status == "ok" and r.suite == "micro-smoke" for r in results.values())
     assert results["bias-eps5-seed0"].lr == 0.0123  # the user's --set, kept under --smoke
+    for run in results.values():  # the curves --report-to logs: step times always, the loss of ε = ∞ only
+        assert len(run.curves["step_time_s"]) == 2 and ("loss" in run.curves) == (run.epsilon == float("inf"))
     recorded = (folder / "suite.yaml").read_text()
     assert "#   --set methods[bias].lr=0.0123" in recorded and "#   --set privacy.steps=2" in recorded
     assert yaml.safe_load(recorded)["methods"][1]["lr"] == 0.0123
