@@ -13,8 +13,10 @@ estimate is for.
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -39,7 +41,31 @@ def _sampling_seconds(model, suite, num_classes: int, device) -> float:
     return per_step * passes * s.steps * math.ceil(s.num_samples / batch)
 
 
-def dry_run(settings: RunnerSettings, only: list[str]) -> str:
+@dataclass(frozen=True)
+class DryRun:
+    """The planned runs with their estimates: ``str()`` is the table `--dry-run` prints, :meth:`to_json` what
+    `--dry-run --json` prints (one object per run, then the totals)."""
+
+    table: str
+    runs: list[dict]
+    device: str
+    num_examples: int
+    num_examples_exact: bool
+    estimated_seconds: float
+
+    def __str__(self) -> str:
+        size = f"N={self.num_examples}" + ("" if self.num_examples_exact else " (nominal: the data is not present)")
+        return (f"{self.table}\n{len(self.runs)} runs on {self.device}, {size}; estimated "
+                f"{self.estimated_seconds / 60:.0f} min of training and sampling (estimates from a short probe with "
+                "random weights; evaluation and public pretraining not included)")
+
+    def to_json(self) -> str:
+        return json.dumps({"runs": self.runs, "device": self.device, "num_examples": self.num_examples,
+                           "num_examples_exact": self.num_examples_exact,
+                           "estimated_seconds": self.estimated_seconds}, indent=2)
+
+
+def dry_run(settings: RunnerSettings, only: list[str]) -> DryRun:
     from dpbench.config.suite import load_suite
     from dpbench.data.base import dataset_num_classes, dataset_train_size
     from dpbench.engine.measure import StepProbe, time_interleaved
@@ -66,7 +92,7 @@ def dry_run(settings: RunnerSettings, only: list[str]) -> str:
         model = build_unet(suite.model.preset, ref.image_size, ref.channels, num_classes)
     sampling = _sampling_seconds(model.to(device).eval(), suite, num_classes, device)
     probes: dict = {}
-    rows, total_seconds = [], 0.0
+    rows, records, total_seconds = [], [], 0.0
     for p in planned:
         step = p.plan.step
         key = (p.spec.method_key, step.private)
@@ -91,8 +117,8 @@ def dry_run(settings: RunnerSettings, only: list[str]) -> str:
         sigma = f"{p.plan.budget.noise_multiplier:.4g}" if step.private else "—"
         rows.append([p.spec.run_id, sigma, f"{step.sample_rate:.4g}", step.steps, step.clipping.mode, physical,
                      f"{train / 60:.1f} min", f"{sampling / 60:.1f} min", f"{memory / 2**20:.0f} MiB"])
+        records.append({**p.as_row(), "physical_batch_size": physical, "estimated_train_seconds": train,
+                        "estimated_sampling_seconds": sampling, "estimated_peak_memory_bytes": memory})
     table = text_table(["run", "σ", "q", "T", "clipping", "physical batch", "train (est.)", "sampling (est.)",
                         "peak memory (est.)"], rows)
-    size = f"N={num_examples}" + ("" if exact else " (nominal: the data is not present)")
-    return (f"{table}\n{len(rows)} runs on {device}, {size}; estimated {total_seconds / 60:.0f} min of training and sampling "
-            "(estimates from a short probe with random weights; evaluation and public pretraining not included)")
+    return DryRun(table, records, str(device), num_examples, exact, total_seconds)
