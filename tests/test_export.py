@@ -24,7 +24,8 @@ def results(tmp_path):
                             seeds=(0, 1), samples=False)
     update_run(root, run_id_of("loda", 1.0, 1), status="failed", phase="train", error="CUDA out of memory",
                downstream_accuracy=None)
-    update_run(root, run_id_of("full", 1.0, 0), gpu_phases={"train": GpuPhase(seconds=12.5, energy_joules=800.0)})
+    update_run(root, run_id_of("full", 1.0, 0), gpu_phases={"train": GpuPhase(seconds=12.5, energy_joules=800.0)},
+               curves={"step_time_s": [0.2, 0.1]})
     return root
 
 
@@ -41,7 +42,7 @@ def test_csv_has_one_row_per_run_and_every_field(results, tmp_path, capsys):
     assert sorted(frame["run_id"]) == sorted(runs) and len(frame) == 8
     _covers_every_field(frame.columns)
     for column in ("clipping.mode", "clipping_diagnostics.signal_to_noise", "memory_breakdown.per_sample_gradients",
-                   "gpu_phases.train.energy_joules", "versions.torch", "method_options.rank"):
+                   "gpu_phases.train.energy_joules", "versions.torch", "method_options.rank", "curves.step_time_s"):
         assert column in frame.columns
     row = frame.set_index("run_id").loc[run_id_of("loda", 1.0, 0)]
     run = runs[run_id_of("loda", 1.0, 0)]
