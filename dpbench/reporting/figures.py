@@ -219,11 +219,14 @@ def _memory_breakdown(ax, grid: ResultGrid, styles: dict[str, MethodStyle]) -> N
             ax.bar(x, stack[j] / MiB, bottom=bottom / MiB, color=styles[method].color, alpha=MEMORY_PART_SHADES[j],
                    edgecolor="#555", lw=0.6, hatch=None if private else NONPRIVATE_HATCH)
             bottom += stack[j]
-    ax.set_xticks(range(len(bars)), labels=[f"{m}\n{'DP' if p else 'ε = ∞'}" for m, p, _ in bars], fontsize=8)
+    ax.set_xticks(range(len(bars)), labels=[f"{m}\n{'DP' if p else 'ε = ∞'}" for m, p, _ in bars], fontsize=7.5,
+                  rotation=30 if len(bars) > 8 else 0)
     ax.set_ylabel("total peak memory (MiB)")
     ax.set_title("Total peak memory by part (hatched: ε = ∞, non-private)", fontsize=10)
+    # below the axes: inside, it would cover the tallest bars
     ax.legend(handles=[Patch(facecolor="black", alpha=MEMORY_PART_SHADES[j], edgecolor="#555", label=part)
-                       for j, part in enumerate(parts)], fontsize=7, loc="upper right")
+                       for j, part in enumerate(parts)], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              ncol=3, frameon=False)
     ax.grid(alpha=0.3, axis="y")
 
 
