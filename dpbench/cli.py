@@ -367,6 +367,8 @@ def _runner_settings(args):
 def cmd_run(args) -> int:
     from pathlib import Path
 
+    if args.json and not args.dry_run:
+        raise UserError("--json prints the plan of --dry-run: add --dry-run (a run prints its summary table)")
     _check_report_to(args.report_to)  # a missing extra fails now, not after hours of runs
     path, suite, settings = _runner_settings(args)
     if args.dry_run:

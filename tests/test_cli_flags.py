@@ -91,3 +91,8 @@ def test_report_takes_the_reports_dir_of_run(tmp_path, capsys):
     assert main(["report", str(results), "--reports-dir", str(tmp_path / "reports")]) == 0
     assert (tmp_path / "reports" / "tiny" / "index.html").is_file()
     assert main(["report", str(results), "--reports-dir", "a", "--out", "b"]) == 2
+
+
+def test_json_without_dry_run_is_refused(capsys):
+    assert main(["run", "quickstart", "--json"]) == 2
+    assert "add --dry-run" in capsys.readouterr().err
