@@ -142,6 +142,8 @@ class RunResult(Provenance):
     status: Literal["ok", "failed"] = Field("ok", description="failed: see error and phase; metrics may be null")
     error: Optional[str] = Field(None, description="failed runs: the error, one line")
     phase: Optional[str] = Field(None, description="failed runs: train, sample or evaluate")
+    smoke: bool = Field(False, description="a `--smoke` run (2 steps, minimal sampling and evaluation): checks the "
+                                           "pipeline, measures nothing; reports refuse to mix it with real runs")
     # identity
     run_id: str = Field(description="<method label>-eps<ε>-seed<seed>")
     suite: str
@@ -216,6 +218,9 @@ class RunResult(Provenance):
     train_seconds: Optional[float] = None
     sample_seconds: Optional[float] = None
     eval_seconds: Optional[float] = None
+    curves: dict[str, list[float]] = Field(
+        default_factory=dict, description="per logical step: step_time_s (every run), loss (ε=∞ runs only: a private "
+        "run's loss is never kept), max_grad_norm (quantile clipping: C after each step, from the privatised counts)")
     final_loss: Optional[float] = Field(
         None, description="ε=∞ runs only: mean training loss of the last steps (never written for private runs)")
     samples_grid: Optional[str] = Field(None, description="sample grid, relative to the run folder")
@@ -542,7 +547,7 @@ def load_audits(results_dir: str | os.PathLike) -> list[AuditResult]:
 
 
 CSV_EXCLUDE = {"versions", "downstream_accuracies", "per_class_accuracy", "memory_breakdown", "method_options",
-               "clipping", "clipping_diagnostics", "gpu_phases"}
+               "clipping", "clipping_diagnostics", "gpu_phases", "curves"}
 
 
 def csv_rows(results: list[RunResult]) -> tuple[list[str], list[dict]]:

@@ -215,6 +215,12 @@ def test_quantile_clipping_keeps_the_total_budget_and_adapts_C(digits8):
     assert stats.epsilon_spent <= 3.0
     assert tr.clipper.max_grad_norm < 10.0 / 2, "far above every norm, C must shrink toward the median"
     assert len(tr.clipper.noisy_unclipped_fractions) == 8
+    # the C curve a result records: C after each step, by the update rule from the privatised fractions
+    expected, c = [], 10.0
+    for fraction in tr.clipper.noisy_unclipped_fractions:
+        c *= math.exp(-0.5 * (fraction - 0.5))
+        expected.append(c)
+    assert tr.clipper.max_grad_norms == pytest.approx(expected) and expected[-1] == tr.clipper.max_grad_norm
 
 
 def test_automatic_clipping_bounds_every_contribution_by_one(digits8):

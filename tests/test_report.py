@@ -3,6 +3,8 @@ read back by parsing its HTML and markdown."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -132,6 +134,9 @@ def test_report_files(built):
 
 
 # ------------------------------------------------------------------------------------------ headline
+OTHERS = "best − each other method (paired; Holm-adjusted within ε)"
+
+
 def test_headline_comes_first_and_names_the_best_method(built):
     _, _, page, markdown = built
     assert page.sections[0] == "headline"
@@ -144,20 +149,65 @@ def test_headline_comes_first_and_names_the_best_method(built):
         assert row["accuracy [95% CI]"].startswith(f"{mean:.3g} [")
         assert row["gain over the pretrained model"].endswith("(significant)")
         assert row["gap to its own ε = ∞ run"].startswith("-")
-        versus = dict(part.split(": ", 1) for part in row["best − each other method (paired)"].split("; "))
-        assert versus["vs lora"].endswith("n.s. (not significant)")  # per-seed differences change sign
-        assert versus["vs loda"].endswith("(significant)") and "n.s." not in versus["vs loda"]
+        versus = dict(part.split(": ", 1) for part in row[OTHERS].split("; "))
+        # per-seed differences change sign: not significant, said once (not "n.s. (not significant)")
+        assert re.search(r"\(not significant, Holm-adjusted p = [0-9.]+\)$", versus["vs lora"])
+        assert "n.s." not in versus["vs lora"]
+        assert re.search(r"\(significant, Holm-adjusted p (=|<) [0-9.]+\)$", versus["vs loda"])
+        assert row["memory vs full"] == row["examples/s vs full"] == "1× (is full)"
     verdict = page.paragraphs["verdict"][0]
     assert "At ε = 1, full has the highest mean accuracy" in verdict
-    assert "significantly ahead of loda" in verdict and "lead over lora is not significant" in verdict
+    assert "significantly ahead of loda (Holm-adjusted" in verdict and "lead over lora is not significant" in verdict
+
+
+def test_headline_states_the_cost_of_the_best_method_against_full(tmp_path):
+    """lora leads when full is made worse: its DP memory and examples/s are shown, and relative to full's
+    (the fixture's memory and step-time model, seed by seed)."""
+    from dpbench.results import load_results
+    results, out = _build(tmp_path, samples=False, epsilons=(1.0, float("inf")))
+    for seed in range(3):
+        update_run(results, run_id_of("full", 1.0, seed), downstream_accuracy=0.2 + 0.01 * seed)
+    row = Page(build_report(results, out).read_text()).rows("headline")[0]
+    assert row["best method"] == "lora"
+    runs = {(r.method, r.seed): r for r in load_results(results) if r.epsilon == 1.0}
+    memory = [runs[("lora", s)].total_peak_memory_bytes / runs[("full", s)].total_peak_memory_bytes for s in range(3)]
+    speed = [runs[("lora", s)].throughput_examples_per_s / runs[("full", s)].throughput_examples_per_s
+             for s in range(3)]
+    assert row["memory vs full"].startswith(f"{sum(memory) / 3:.3g}× [")
+    assert row["examples/s vs full"].startswith(f"{sum(speed) / 3:.3g}× [")
+    lora_memory = sum(runs[("lora", s)].total_peak_memory_bytes for s in range(3)) / 3 / 2**20
+    assert row["DP total peak memory [95% CI]"].startswith(f"{lora_memory:.1f} MiB [")
+    lora_speed = sum(runs[("lora", s)].throughput_examples_per_s for s in range(3)) / 3
+    assert float(row["DP examples/s [95% CI]"].split(" ")[0]) == pytest.approx(lora_speed, rel=2e-3)
+    low, high = map(float, re.search(r"\[([0-9.]+), ([0-9.]+)\]", row["DP examples/s [95% CI]"]).groups())
+    assert 0 < low < lora_speed < high
+
+
+def test_intervals_stay_inside_their_ranges(tmp_path):
+    """Accuracies near 1 with a wide spread, and throughputs spread over an order of magnitude: a linear
+    t-interval runs past 1 and below 0 (the old report printed 0.945 [0.881, 1.01] and 184 [−1390, 1750]);
+    the report's intervals stay within [0, 1] and above 0, and the report names the method."""
+    results, out = _build(tmp_path, samples=False, epsilons=(1.0,))
+    for seed, (accuracy, speed) in enumerate(((0.999, 20.0), (0.95, 35.0), (0.89, 500.0))):
+        update_run(results, run_id_of("full", 1.0, seed), downstream_accuracy=accuracy,
+                   throughput_examples_per_s=speed)
+    page = Page(build_report(results, out).read_text())
+    full = next(r for r in page.rows("efficiency") if r["method"] == "full")
+    low, high = map(float, re.search(r"\[([-0-9.]+), ([-0-9.]+)\]", full["examples/s [95% CI]"]).groups())
+    assert 0 < low < 20 and high > 500
+    utility = next(r for r in page.rows("utility") if r["method"] == "full")
+    low, high = map(float, re.search(r"\[([-0-9.]+), ([-0-9.]+)\]", utility["accuracy [95% CI]"]).groups())
+    assert 0 <= low < 0.89 and 0.999 < high <= 1
+    assert any("logit scale" in n and "log scale" in n and "Holm" in n for n in page.paragraphs["note"])
 
 
 def test_pairwise_differences_mark_every_non_significant_pair(built):
     _, _, page, _ = built
     differences = {(r["ε"], r["method a"], r["method b"]): r["a − b [95% CI]"] for r in page.rows("differences")}
-    assert differences[("1", "full", "loda")].endswith("(significant)")
-    assert differences[("1", "full", "lora")].endswith("n.s. (not significant)")
-    assert all(v.endswith("(significant)") or v.endswith("(not significant)") for v in differences.values())
+    assert "(significant, Holm-adjusted" in differences[("1", "full", "loda")]
+    assert "(not significant, Holm-adjusted" in differences[("1", "full", "lora")]
+    assert all(re.search(r"\((not )?significant, Holm-adjusted p [=<] [0-9.]+\)$", v) for v in differences.values())
+    assert not any("n.s." in v for v in differences.values())
 
 
 def test_single_seed_has_no_intervals_and_no_significance(tmp_path):
@@ -167,8 +217,21 @@ def test_single_seed_has_no_intervals_and_no_significance(tmp_path):
     assert "no intervals" in page.paragraphs["verdict"][0]
     row = page.rows("headline")[0]
     assert "no interval" in row["accuracy [95% CI]"]
-    assert "cannot be called significant" in row["best − each other method (paired)"]
-    assert "(significant)" not in row["best − each other method (paired)"]
+    assert "cannot be called significant" in row[OTHERS]
+    assert "(significant" not in row[OTHERS]
+
+
+def test_equal_accuracies_read_as_level_not_as_a_rounding_residue(tmp_path):
+    """A best method whose accuracy equals the pretrained model's in floating point (0.1 + 0.2 − 0.3 ≠ 0)
+    reads "level with", never "6.94e-18 above"."""
+    results, out = _build(tmp_path, seeds=(0,), samples=False, methods=("lora",), epsilons=(1.0,))
+    pretrained = 0.1 + 0.2
+    baselines = (results / "baselines.json").read_text()
+    (results / "baselines.json").write_text(baselines.replace(f'"pretrained_accuracy": {PRETRAINED_ACCURACY}',
+                                                              f'"pretrained_accuracy": {pretrained!r}'))
+    update_run(results, run_id_of("lora", 1.0, 0), downstream_accuracy=0.3)
+    verdict = Page(build_report(results, out).read_text()).paragraphs["verdict"][0]
+    assert "level with the pretrained model" in verdict and "e-1" not in verdict
 
 
 # ------------------------------------------------------------------------------------------ safety
@@ -397,8 +460,60 @@ def test_sparse_results_do_not_crash(tmp_path):
     page = Page(index.read_text())
     assert any(run_id in w and "not found" in w for w in page.paragraphs["warning"])
     assert "nothing to rank" in page.paragraphs["verdict"][0]
-    for name in FIGURES:
-        _assert_png(index.parent / name)
+    # no empty charts: nothing was recorded, so nothing is drawn, and the report says so
+    assert not any((index.parent / name).exists() for name in FIGURES) and not page.images
+    notes = " ".join(page.paragraphs["note"])
+    assert "no accuracy figure" in notes and "no efficiency figure" in notes and "no Pareto figure" in notes
+
+
+def test_old_results_without_memory_get_no_memory_chart(tmp_path):
+    """Results written before dpbench measured total memory: the throughput panel alone, not an empty
+    memory chart scaled to ±0.04 MiB."""
+    from dpbench.reporting.figures import efficiency_figure
+
+    results, _ = _build(tmp_path, samples=False, epsilons=(1.0, float("inf")))
+    for method in ("full", "lora", "loda"):
+        for eps in (1.0, float("inf")):
+            for seed in range(3):
+                update_run(results, run_id_of(method, eps, seed), total_peak_memory_bytes=None, memory_breakdown={})
+    figure = efficiency_figure(load_grid(results))
+    assert len(figure.axes) == 1 and figure.axes[0].get_ylabel().startswith("throughput")
+
+
+def test_one_colour_and_marker_per_method_in_every_figure(tmp_path):
+    """The same method has the same colour and marker in the accuracy, Pareto and efficiency figures, and
+    with one finite ε the accuracy figure has error bars (no band can be drawn through one point)."""
+    from matplotlib.colors import to_rgba
+
+    from dpbench.reporting.figures import efficiency_figure, method_styles, pareto_figure
+
+    results, _ = _build(tmp_path, samples=False, epsilons=(1.0, float("inf")))
+    grid = load_grid(results)
+    styles = method_styles(grid.methods)
+    accuracy = metric_vs_epsilon(grid, "downstream_accuracy", "accuracy", "accuracy", (), styles).axes[0]
+    dp_lines = [line for line in accuracy.get_lines() if line.get_linestyle() == "-" and line.get_marker() != "None"]
+    assert {(to_rgba(line.get_color()), line.get_marker()) for line in dp_lines} == {
+        (to_rgba(s.color), s.marker) for s in styles.values()}
+    x_positions = {float(line.get_xdata()[0]) for line in dp_lines}
+    assert len(x_positions) == 3  # side by side at ε = 1: no point hides another
+    assert accuracy.containers, "error bars at the one finite ε"
+    for container in accuracy.containers:
+        segments = container.lines[2][0].get_segments()
+        assert all(seg[0][1] < seg[1][1] for seg in segments)  # a real interval, low < high
+    pareto = pareto_figure(grid, styles)
+    for ax in pareto.axes:
+        for collection in ax.collections:
+            face = collection.get_facecolors()
+            if len(face):  # the method points (the Pareto circles are hollow)
+                assert tuple(face[0]) in {to_rgba(s.color) for s in styles.values()}
+    efficiency = efficiency_figure(grid, styles)
+    throughput = efficiency.axes[1]
+    bar_colors = {tuple(round(c, 6) for c in patch.get_facecolor()) for patch in throughput.patches}
+    assert bar_colors == {tuple(round(c, 6) for c in to_rgba(s.color)) for s in styles.values()}
+    for patch in throughput.patches:
+        assert patch.get_height() > 0
+    lower_ends = [seg[0][1] for line in throughput.collections for seg in line.get_segments()]
+    assert lower_ends and min(lower_ends) > 0  # error bars never reach below 0
 
 
 def test_missing_or_empty_results_dir_is_a_user_error(tmp_path):
@@ -420,6 +535,16 @@ window.addEventListener("load", function () {
   d.setAttribute("data-images-loaded", loaded);
   d.setAttribute("data-images-total", imgs.length);
   d.setAttribute("data-tables", document.getElementsByTagName("table").length);
+  // the headline's cells a reader sees without scrolling, in either direction
+  var seen = [], cells = document.querySelectorAll("#headline th, #headline td");
+  for (var j = 0; j < cells.length; j++) {
+    var r = cells[j].getBoundingClientRect();
+    if (r.width > 0 && r.top >= 0 && r.bottom <= window.innerHeight && r.right <= window.innerWidth) {
+      seen.push(cells[j].textContent);
+    }
+  }
+  d.setAttribute("data-headline-cells", cells.length);
+  d.textContent = JSON.stringify(seen);
   document.body.appendChild(d);
 });
 </script>"""
@@ -429,6 +554,9 @@ def _chromium() -> str | None:
     if Path("/usr/bin/chromium").is_file():
         return "/usr/bin/chromium"
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+FIRST_SCREEN = (1280, 800)  # a laptop's browser window
 
 
 @pytest.mark.browser
@@ -446,16 +574,41 @@ def test_report_loads_in_headless_chromium(built, tmp_path):
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+             f"--window-size={FIRST_SCREEN[0]},{FIRST_SCREEN[1]}",
              "--dump-dom", check.resolve().as_uri()],
             capture_output=True, text=True, timeout=90,
         )
     finally:
         check.unlink()
     assert proc.returncode == 0, proc.stderr[-2000:]
-    match = re.search(r'<div id="dpbench-check"([^>]*)>', proc.stdout)
+    match = re.search(r'<div id="dpbench-check"([^>]*)>(.*?)</div>', proc.stdout, re.DOTALL)
     assert match, "the check marker was not written: " + proc.stdout[-500:] + proc.stderr[-1000:]
     attrs = dict(re.findall(r'(data-[a-z-]+)="(\d+)"', match.group(1)))
     expected = Page(html_text)
     assert int(attrs["data-images-total"]) == len(expected.images) > 0
     assert attrs["data-images-loaded"] == attrs["data-images-total"]
     assert int(attrs["data-tables"]) == len(expected.tables) >= 10
+    # the headline, whole, in the first screen: method, interval, cost and relative cost of each ε
+    seen = json.loads(html.unescape(match.group(2)))
+    headline = expected.tables["headline"]
+    assert int(attrs["data-headline-cells"]) == sum(len(row) for row in headline)
+    assert seen == [cell for row in headline for cell in row]
+    for column in ("best method", "accuracy [95% CI]", "DP total peak memory [95% CI]", "memory vs full",
+                   "DP examples/s [95% CI]", "examples/s vs full"):
+        assert column in seen
+    for row in expected.rows("headline"):
+        assert row["best method"] == "full" and re.search(r"\[[0-9.]+, [0-9.]+\]", row["accuracy [95% CI]"])
+        assert re.search(r" MiB \[[0-9.]+, [0-9.]+\]", row["DP total peak memory [95% CI]"])
+        assert re.search(r"^[0-9.]+ \[[0-9.]+, [0-9.]+\]", row["DP examples/s [95% CI]"])
+        assert "vs lora" in row[OTHERS] and "vs loda" in row[OTHERS]
+
+
+def test_smoke_results_are_marked_and_never_mixed_with_real_ones(tmp_path):
+    results, out = _build(tmp_path, samples=False, epsilons=(1.0,), seeds=(0,))
+    for method in ("full", "lora", "loda"):
+        update_run(results, run_id_of(method, 1.0, 0), smoke=True)
+    page = Page(build_report(results, out).read_text())
+    assert page.paragraphs["alert"][0].startswith("Smoke test (dpbench run --smoke)")
+    update_run(results, run_id_of("lora", 1.0, 0), smoke=False)
+    with pytest.raises(UserError, match="mixes 2 --smoke runs .* with 1 real runs"):
+        build_report(results, tmp_path / "out2")

@@ -124,10 +124,11 @@ def test_nothing_private_leaves_a_private_run(micro_run):
     for r in load_results(results_dir):
         raw = json.loads((results_dir / "runs" / r.run_id / "result.json").read_text())
         log = (results_dir / "runs" / r.run_id / "run.log").read_text()
+        assert len(raw["curves"]["step_time_s"]) == r.steps
         if math.isfinite(r.epsilon):
-            assert raw["final_loss"] is None and "loss" not in log.lower()
+            assert raw["final_loss"] is None and "loss" not in log.lower() and "loss" not in raw["curves"]
         else:
-            assert raw["final_loss"] is not None
+            assert raw["final_loss"] is not None and len(raw["curves"]["loss"]) == r.steps
     header = (results_dir / "results.csv").read_text().splitlines()[0].split(",")
     rows = [dict(zip(header, line.split(","))) for line in (results_dir / "results.csv").read_text().splitlines()[1:]]
     assert all(row["final_loss"] == "" for row in rows if row["epsilon"] != "inf")

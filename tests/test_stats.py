@@ -13,6 +13,7 @@ from dpbench.reporting.stats import (
     Interval,
     PairedDiff,
     format_interval,
+    holm_adjust,
     mean_interval,
     paired_difference,
 )
@@ -181,3 +182,60 @@ def test_paired_interval_covers_the_true_difference_about_95_percent_of_the_time
         paired = paired_difference(a, b)
         covered += paired.low <= true_difference <= paired.high
     assert abs(covered / draws - 0.95) <= 3 * math.sqrt(0.95 * 0.05 / draws)
+
+
+# --- range-respecting intervals and the Holm family ------------------------------------------------
+
+
+def test_logit_interval_stays_within_zero_and_one():
+    values = [0.999, 0.95, 0.89]
+    linear, logit = mean_interval(values), mean_interval(values, scale="logit")
+    assert linear.high > 1  # the linear t-interval runs past the physical limit
+    assert logit.scale == "logit" and 0 < logit.low < logit.mean < logit.high < 1
+    assert logit.mean == pytest.approx(np.mean(values))  # the point estimate stays the arithmetic mean
+    # by hand: t-interval of the logits, mapped back
+    logits = np.log(np.array(values) / (1 - np.array(values)))
+    half = scipy_stats.t.ppf(0.975, 2) * logits.std(ddof=1) / math.sqrt(3)
+    assert logit.high == pytest.approx(1 / (1 + math.exp(-(logits.mean() + half))))
+    assert mean_interval([1.0, 1.0, 0.98], scale="logit").high <= 1
+
+
+def test_log_interval_stays_positive():
+    values = [20.0, 35.0, 500.0]
+    linear, log = mean_interval(values), mean_interval(values, scale="log")
+    assert linear.low < 0  # "184 [−1390, 1750] ex/s"
+    assert log.scale == "log" and 0 < log.low < min(values) and log.high > max(values)
+    logs = np.log(values)
+    half = scipy_stats.t.ppf(0.975, 2) * logs.std(ddof=1) / math.sqrt(3)
+    assert log.low == pytest.approx(math.exp(logs.mean() - half))
+
+
+def test_values_outside_a_scale_fall_back_to_linear_and_say_so():
+    assert mean_interval([0.5, 1.5, 0.7], scale="logit").scale == "linear"
+    assert mean_interval([-1.0, 2.0, 3.0], scale="log").scale == "linear"
+    with pytest.raises(ValueError, match="scale"):
+        mean_interval([1.0, 2.0], scale="sqrt")
+
+
+def test_paired_p_value_is_the_paired_t_test():
+    paired = paired_difference(METHOD_A, {s: METHOD_B[s] + (0.02 if s % 2 else -0.01) for s in METHOD_B})
+    b = [METHOD_B[s] + (0.02 if s % 2 else -0.01) for s in sorted(METHOD_B)]
+    expected = scipy_stats.ttest_rel([METHOD_A[s] for s in sorted(METHOD_A)], b).pvalue
+    assert paired.p_value == pytest.approx(expected, rel=1e-9)
+    assert (paired.p_value < 0.05) == paired.significant  # the same test as the interval
+
+
+def test_holm_adjustment_by_hand():
+    def diff(p):
+        return PairedDiff(mean=0.1, low=0.01, high=0.2, n=3, significant=p < 0.05, p_value=p)
+
+    # sorted p 0.01, 0.03, 0.04 of m = 3: 0.01·3 = 0.03; 0.03·2 = 0.06; 0.04·1 = 0.04 → max(0.06, 0.04) = 0.06
+    first, second, third, untested = holm_adjust([diff(0.01), diff(0.04), diff(0.03),
+                                                  PairedDiff(0.1, None, None, 1, None)])
+    assert first.p_value == pytest.approx(0.03) and first.significant is True
+    assert second.p_value == pytest.approx(0.06) and second.significant is False
+    assert third.p_value == pytest.approx(0.06) and third.significant is False
+    assert {first.adjustment, second.adjustment, third.adjustment} == {"holm"}
+    assert untested.adjustment is None and untested.significant is None
+    assert (first.low, first.high) == (0.01, 0.2)  # intervals unchanged
+    assert holm_adjust([diff(0.7), diff(0.9)])[0].p_value == 1.0  # capped at 1

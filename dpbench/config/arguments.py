@@ -26,3 +26,16 @@ def comma_separated(text: str, cast: Callable[[str], T], option: str, *, valid: 
     if not values or (valid is not None and not all(valid(v) for v in values)):
         raise UserError(f"{option} {text!r}: give {expected}")
     return values
+
+
+def only_selection(only: list[str], allowed: tuple[str, ...], command: str) -> dict[str, list[str]]:
+    """``--only key=value`` (repeatable) for commands that select methods (and ε, seeds) without a grid of
+    runs: ``{key: [values]}``. A key this command cannot select by is a one-line error saying which it can."""
+    selected: dict[str, list[str]] = {}
+    for item in only:
+        key, sep, value = item.partition("=")
+        if not sep or key not in allowed or not value.strip():
+            raise UserError(f"--only {item!r}: {command} selects by {', '.join(f'{k}=' for k in allowed)} "
+                            f"(e.g. --only {allowed[0]}=loda)")
+        selected.setdefault(key, []).append(value.strip())
+    return selected

@@ -17,7 +17,7 @@ import os
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import (AliasChoices, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
@@ -535,9 +535,15 @@ def read_suite_yaml(path: Path) -> Any:
         raise UserError(f"{path}: the YAML is nested too deeply to be a suite — see docs/suite.md for its shape") from None
 
 
-def load_suite(path: str | os.PathLike) -> Suite:
+def load_suite(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Suite:
+    """The suite of a file (or built-in name), with command-line ``--set`` overrides applied to its raw
+    mapping before validation (:mod:`dpbench.config.overrides`)."""
     path = resolve_suite_path(path)
     raw = read_suite_yaml(path)
+    if overrides:
+        from dpbench.config.overrides import apply_overrides
+
+        raw = apply_overrides(raw, overrides)
     try:
         suite = parse_suite(raw, str(path))
     except RecursionError:

@@ -35,6 +35,7 @@ class Clipper:
         self._unclipped = 0.0
         self._examples = 0
         self.noisy_unclipped_fractions: list[float] = []
+        self.max_grad_norms: list[float] = []  # quantile rule: C after each step (post-processing of the counts)
 
     @property
     def sensitivity(self) -> float:
@@ -67,10 +68,13 @@ class Clipper:
         fraction = (noised_count + 0.5 * self.expected_batch_size) / self.expected_batch_size
         self.noisy_unclipped_fractions.append(fraction)
         self.max_grad_norm *= math.exp(-self.rule.quantile_lr * (fraction - self.rule.target_quantile))
+        self.max_grad_norms.append(self.max_grad_norm)
 
     def state_dict(self) -> dict:
-        return {"max_grad_norm": self.max_grad_norm, "noisy_unclipped_fractions": list(self.noisy_unclipped_fractions)}
+        return {"max_grad_norm": self.max_grad_norm, "noisy_unclipped_fractions": list(self.noisy_unclipped_fractions),
+                "max_grad_norms": list(self.max_grad_norms)}
 
     def load_state_dict(self, state: dict) -> None:
         self.max_grad_norm = float(state["max_grad_norm"])
         self.noisy_unclipped_fractions = [float(v) for v in state["noisy_unclipped_fractions"]]
+        self.max_grad_norms = [float(v) for v in state.get("max_grad_norms", [])]  # absent in older checkpoints

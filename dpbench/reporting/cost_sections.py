@@ -28,10 +28,12 @@ from dpbench.results import Profile, display_epsilon
 def efficiency_section(doc: Document, ctx: ReportContext) -> None:
     grid = ctx.grid
     doc.section("efficiency", "Efficiency")
-    doc.figure(Picture(ctx.save_figure("efficiency.png", efficiency_figure(grid)), "memory and throughput",
-                       "Left: total peak memory of training per method, DP and ε = ∞ (hatched), stacked by its "
-                       "analytic parts; the top part is what the measured total leaves for activations and the "
-                       "rest. Right: throughput per method and ε with 95% intervals over seeds."))
+    ctx.add_figure(doc, "efficiency.png", efficiency_figure(grid, ctx.styles), "memory and throughput",
+                   "Total peak memory of training per method (its colour), DP and ε = ∞ (hatched), stacked by its "
+                   "analytic parts (shades); the top part is what the measured total leaves for activations and "
+                   "the rest. Throughput per method and ε with 95% intervals over seeds (log scale: never below 0).",
+                   "No run recorded total peak memory or throughput (results written before dpbench measured "
+                   "them): no efficiency figure.")
     columns = {
         "total peak memory": mean_cell("total_peak_memory_bytes", format_bytes),
         "one step's peak": mean_cell("peak_memory_bytes", format_bytes),
@@ -51,18 +53,19 @@ def efficiency_section(doc: Document, ctx: ReportContext) -> None:
         return
     doc.paragraph("Each DP run divided by the ε = ∞ run of the same method and seed, then over seeds.", "note")
     doc.table(method_epsilon_table(grid, {
-        "step time DP / non-private [95% CI]": interval_cell(grid.dp_ratio("step_time_s")),
+        "step time DP / non-private [95% CI]": interval_cell(grid.dp_ratio("step_time_s"), "log"),
         "total peak memory DP / non-private": mean_cell(grid.dp_ratio("total_peak_memory_bytes"), format_ratio),
-        "throughput DP / non-private [95% CI]": interval_cell(grid.dp_ratio("throughput_examples_per_s")),
+        "throughput DP / non-private [95% CI]": interval_cell(grid.dp_ratio("throughput_examples_per_s"), "log"),
     }, "dp-ratios", epsilons=grid.finite_epsilons))
 
 
 def pareto_section(doc: Document, ctx: ReportContext) -> None:
     grid = ctx.grid
     doc.section("pareto", "Pareto view")
-    doc.figure(Picture(ctx.save_figure("pareto.png", pareto_figure(grid)), "Pareto view",
-                       "Downstream accuracy against total peak memory (top) and throughput (bottom), one panel "
-                       "per finite ε, one marker per method (means over seeds); circled: Pareto-optimal."))
+    ctx.add_figure(doc, "pareto.png", pareto_figure(grid, ctx.styles), "Pareto view",
+                   "Downstream accuracy against total peak memory (top) and throughput (bottom), one panel per "
+                   "finite ε, one marker per method (means over seeds); circled: Pareto-optimal.",
+                   "No DP run recorded both an accuracy and a cost: no Pareto figure.")
     rows = []
     for eps in grid.finite_epsilons:
         memory = {p.method: p.optimal for p in pareto_points(grid, eps, "total_peak_memory_bytes", True)}
@@ -99,7 +102,7 @@ def profiles_section(doc: Document, ctx: ReportContext) -> None:
         if result is not None:
             _scaling(doc, ctx, result, stem)
         else:
-            doc.figure(Picture(ctx.save_figure(f"{stem}.png", _batch_figure(profile)), f"profile {stem}",
+            doc.figure(Picture(ctx.save_figure(f"{stem}.png", _batch_figure(profile, ctx.styles)), f"profile {stem}",
                                "Step time and total peak memory against physical batch size; solid: DP, dashed: "
                                "non-private."))
 
@@ -116,24 +119,24 @@ def _cost_panels(methods: Sequence[str], x: Callable[[str], list], y: Callable[[
             for field, name, unit, scale in PROFILE_PANELS]
 
 
-def _batch_figure(profile: Profile):
+def _batch_figure(profile: Profile, styles):
     pairs = profile_pairs(profile)
     methods = profile_methods(profile)
     panels = _cost_panels(methods, lambda m: [p.batch for p in pairs if p.method_label == m],
                           lambda m, mode, field: [p.value(mode, field) for p in pairs if p.method_label == m])
     batches = sorted({p.batch for p in pairs})
-    return profile_figure(panels, "physical batch size (log scale)", [(b, str(b)) for b in batches], methods)
+    return profile_figure(panels, "physical batch size (log scale)", [(b, str(b)) for b in batches], methods, styles)
 
 
 def _scaling(doc: Document, ctx: ReportContext, result: Scaling, stem: str) -> None:
     doc.subsection(f"Scaling with model size (batch {result.batch})")
     params = [p for _, p in result.sizes]
-    ticks = [(p, f"{model.label}\n{format_count(p)}") for model, p in result.sizes]
+    ticks = [(p, f"{model.label} ({format_count(p)})") for model, p in result.sizes]
     panels = _cost_panels(result.methods, lambda m: params, result.series)
     panels += [(f"{name}: DP / non-private", [Series(m, "dp", params, result.ratios(m, field)) for m in result.methods])
                for field, name, _, _ in PROFILE_PANELS]
     doc.figure(Picture(ctx.save_figure(f"{stem}-scaling.png", profile_figure(
-        panels, "model size (total parameters, log scale)", ticks, result.methods)), f"scaling {stem}",
+        panels, "model size (total parameters, log scale)", ticks, result.methods, ctx.styles)), f"scaling {stem}",
         "DP (solid) and non-private (dashed) step time and total peak memory against model size per method, "
         "then their DP / non-private ratios."))
     rows = crossovers(result)

@@ -8,7 +8,9 @@ One meaning per line style in every figure, and every legend says so:
 * dash-dot line: the real-data classifier, the ceiling.
 
 Axes are scaled to the runs' values and intervals; a reference outside that range is written as an
-arrow text at the edge instead of stretching the axis.
+arrow text at the edge instead of stretching the axis. A method has one colour and one marker in every
+figure of a report (:func:`method_styles`, from the report's one method order). A figure with nothing to
+draw is not drawn: the builders return None and the report says what was not recorded.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from dpbench.reporting.findings import pareto_points
-from dpbench.reporting.grid import Metric, ResultGrid, interval_of, mean_of
+from dpbench.reporting.grid import Metric, ResultGrid, interval_of, mean_of, metric_value
 from dpbench.results import display_epsilon
 
 DPI = 110
 MiB = 2.0**20
 LINE_STYLES = {"dp": "-", "nonprivate": "--", "pretrained": ":", "ceiling": "-."}
 STYLE_MEANINGS = {
-    "dp": "DP runs: mean over seeds, band = 95% interval",
+    "dp": "DP runs: mean over seeds, bars (and band) = 95% interval",
     "nonprivate": "ε = ∞ (non-private reference)",
     "pretrained": "pretrained model, before fine-tuning (non-private)",
     "ceiling": "classifier trained on real data (ceiling)",
@@ -60,51 +62,73 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def method_colors(methods: Sequence[str]) -> dict[str, tuple]:
+@dataclass(frozen=True)
+class MethodStyle:
+    color: tuple
+    marker: str
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, MethodStyle]:
+    """One colour and marker per method, by its position in the report's method order (the same order for
+    every figure of a report, so a method looks the same everywhere)."""
     palette = colormaps["tab10"]
-    return {method: palette(i % 10) for i, method in enumerate(methods)}
+    return {method: MethodStyle(palette(i % 10), MARKERS[i % len(MARKERS)]) for i, method in enumerate(methods)}
 
 
-def _no_data(ax, text: str = "no values recorded") -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#888")
+def _method_handles(methods: Sequence[str], styles: dict[str, MethodStyle]) -> list[Line2D]:
+    return [Line2D([], [], color=styles[m].color, marker=styles[m].marker, label=m) for m in methods]
 
 
 # ------------------------------------------------------------------------------------------ metric vs ε
 def metric_vs_epsilon(grid: ResultGrid, metric: Metric, ylabel: str, title: str,
-                      references: Sequence[Reference] = ()) -> Figure:
+                      references: Sequence[Reference] = (), styles: Optional[dict[str, MethodStyle]] = None
+                      ) -> Optional[Figure]:
+    """The metric against ε per method; None when no run recorded it (no empty chart)."""
+    styles = styles or method_styles(grid.methods)
+    if not any(metric_value(r, metric) is not None for r in grid.runs):
+        return None
     figure = new_figure(8.4, 4.6)
     ax = figure.add_subplot()
-    colors = method_colors(grid.methods)
     plotted: dict[str, list[float]] = {"dp": [], "nonprivate": []}  # values drawn, per line style
-    for method in grid.methods:
-        plotted["dp"] += _dp_curve(ax, grid, method, metric, colors[method])
-        plotted["nonprivate"] += _nonprivate_line(ax, grid, method, metric, colors[method])
+    drawn = [m for m in grid.methods if any(grid.cell(m, e) for e in grid.epsilons)]
+    for position, method in enumerate(drawn):
+        dodge = DODGE ** (position - (len(drawn) - 1) / 2)  # side by side, so no point hides another
+        plotted["dp"] += _dp_curve(ax, grid, method, metric, styles[method], dodge)
+        plotted["nonprivate"] += _nonprivate_line(ax, grid, method, metric, styles[method].color)
     values = plotted["dp"] + plotted["nonprivate"]
     _epsilon_axis(ax, grid.finite_epsilons)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if not values:
-        _no_data(ax)
-        return figure
     limits = _padded_limits(values)
     ax.set_ylim(*limits)
-    styles = {style for style, drawn in plotted.items() if drawn} | _references(ax, references, limits)
-    _style_legend(ax, [m for m in grid.methods if any(grid.cell(m, e) for e in grid.epsilons)], colors, styles)
+    styles_drawn = {style for style, drawn_values in plotted.items() if drawn_values} | _references(
+        ax, references, limits)
+    _style_legend(ax, drawn, styles, styles_drawn)
     return figure
 
 
-def _dp_curve(ax, grid: ResultGrid, method: str, metric: Metric, color) -> list[float]:
-    points = [(eps, interval_of(grid.cell(method, eps), metric)) for eps in grid.finite_epsilons]
+DODGE = 1.06  # horizontal offset factor between methods on the log ε axis
+
+
+def _dp_curve(ax, grid: ResultGrid, method: str, metric: Metric, style: MethodStyle, dodge: float) -> list[float]:
+    """Mean per finite ε with error bars (the interval, on the metric's own scale), joined by a line with a
+    band when there are several ε."""
+    points = [(eps * dodge, interval_of(grid.cell(method, eps), metric)) for eps in grid.finite_epsilons]
     points = [(eps, i) for eps, i in points if i is not None]
     if not points:
         return []
     eps = [e for e, _ in points]
-    ax.plot(eps, [i.mean for _, i in points], ls=LINE_STYLES["dp"], marker="o", color=color)
+    means = [i.mean for _, i in points]
+    ax.plot(eps, means, ls=LINE_STYLES["dp"], marker=style.marker, color=style.color, zorder=3)
     with_band = [(e, i) for e, i in points if i.low is not None]
     if with_band:
+        ax.errorbar([e for e, _ in with_band], [i.mean for _, i in with_band],
+                    yerr=[[i.mean - i.low for _, i in with_band], [i.high - i.mean for _, i in with_band]],
+                    fmt="none", ecolor=style.color, capsize=4, lw=1.2, zorder=2)
+    if len(with_band) > 1:
         ax.fill_between([e for e, _ in with_band], [i.low for _, i in with_band], [i.high for _, i in with_band],
-                        color=color, alpha=0.15, lw=0)
+                        color=style.color, alpha=0.12, lw=0)
     return [v for _, i in points for v in (i.mean, i.low, i.high) if v is not None]
 
 
@@ -122,7 +146,7 @@ def _epsilon_axis(ax, finite: Sequence[float]) -> None:
         ax.set_xlabel("no finite ε: only the non-private reference (dashed)")
         return
     ax.set_xscale("log")
-    ax.set_xlim(min(finite) / 1.6, max(finite) * 1.6)
+    ax.set_xlim(min(finite) / 1.8, max(finite) * 1.8)
     ax.set_xticks(list(finite), labels=[display_epsilon(e) for e in finite])
     ax.minorticks_off()
     ax.set_xlabel("privacy budget ε (log scale); ε = ∞ drawn dashed across")
@@ -153,46 +177,56 @@ def _references(ax, references: Sequence[Reference], limits: tuple[float, float]
     return drawn
 
 
-def _style_legend(ax, methods: Sequence[str], colors: dict, styles: set[str]) -> None:
-    handles = [Patch(color=colors[m], label=m) for m in methods]
+def _style_legend(ax, methods: Sequence[str], styles: dict[str, MethodStyle], line_styles: set[str]) -> None:
+    handles = _method_handles(methods, styles)
     handles += [Line2D([], [], ls=LINE_STYLES[s], color="black", label=STYLE_MEANINGS[s])
-                for s in LINE_STYLES if s in styles]
+                for s in LINE_STYLES if s in line_styles]
     ax.legend(handles=handles, fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 # ------------------------------------------------------------------------------------------ efficiency
-def efficiency_figure(grid: ResultGrid) -> Figure:
+def efficiency_figure(grid: ResultGrid, styles: Optional[dict[str, MethodStyle]] = None) -> Optional[Figure]:
     """Left: total peak memory per method, DP and ε = ∞, stacked by its analytic parts. Right: throughput
-    per method and ε with 95% intervals."""
-    figure = new_figure(12.0, 4.6)
-    memory_ax, throughput_ax = figure.subplots(1, 2)
-    _memory_breakdown(memory_ax, grid)
-    _throughput_bars(throughput_ax, grid)
+    per method and ε with 95% intervals. A panel with nothing recorded is left out; None when both are."""
+    styles = styles or method_styles(grid.methods)
+    panels = [draw for draw, metric in ((_memory_breakdown, "total_peak_memory_bytes"),
+                                        (_throughput_bars, "throughput_examples_per_s"))
+              if any(metric_value(r, metric) is not None for r in grid.runs)]
+    if not panels:
+        return None
+    figure = new_figure(6.2 * len(panels), 4.8)
+    for ax, draw in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
+        draw(ax, grid, styles)
     return figure
 
 
-def _memory_breakdown(ax, grid: ResultGrid) -> None:
-    palette = colormaps["Set2"]
+MEMORY_PART_SHADES = (1.0, 0.75, 0.55, 0.38, 0.2)  # colour strength per stacked part, darkest first
+
+
+def _memory_breakdown(ax, grid: ResultGrid, styles: dict[str, MethodStyle]) -> None:
+    """Bars in the method's colour; the parts are shades of it (legend in greys), ε = ∞ hatched."""
     parts = MEMORY_PARTS + ("activations and other (measured − analytic)",)
     bars = []
     for method in grid.methods:
         for private in (True, False):
-            runs = [r for e in grid.epsilons if math.isfinite(e) == private for r in grid.cell(method, e)]
+            runs = [r for e in grid.epsilons if math.isfinite(e) == private for r in grid.cell(method, e)
+                    if r.total_peak_memory_bytes is not None]
             if runs:
-                bars.append((f"{method}\n{'DP' if private else 'ε = ∞'}", private, _mean_breakdown(runs)))
-    if not bars:
-        _no_data(ax)
-        return
-    for x, (_, private, stack) in enumerate(bars):
+                bars.append((method, private, _mean_breakdown(runs)))
+    for x, (method, private, stack) in enumerate(bars):
         bottom = 0.0
         for j, part in enumerate(parts):
-            ax.bar(x, stack[j] / MiB, bottom=bottom / MiB, color=palette(j), edgecolor="#555",
-                   hatch=None if private else NONPRIVATE_HATCH, label=part if x == 0 else None)
+            ax.bar(x, stack[j] / MiB, bottom=bottom / MiB, color=styles[method].color, alpha=MEMORY_PART_SHADES[j],
+                   edgecolor="#555", lw=0.6, hatch=None if private else NONPRIVATE_HATCH)
             bottom += stack[j]
-    ax.set_xticks(range(len(bars)), labels=[label for label, _, _ in bars], fontsize=8)
+    ax.set_xticks(range(len(bars)), labels=[f"{m}\n{'DP' if p else 'ε = ∞'}" for m, p, _ in bars], fontsize=7.5,
+                  rotation=30 if len(bars) > 8 else 0)
     ax.set_ylabel("total peak memory (MiB)")
-    ax.set_title("Total peak memory by part (hatched: ε = ∞, non-private)")
-    ax.legend(fontsize=7.5, loc="upper right")
+    ax.set_title("Total peak memory by part (hatched: ε = ∞, non-private)", fontsize=10)
+    # below the axes: inside, it would cover the tallest bars
+    ax.legend(handles=[Patch(facecolor="black", alpha=MEMORY_PART_SHADES[j], edgecolor="#555", label=part)
+                       for j, part in enumerate(parts)], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              ncol=3, frameon=False)
     ax.grid(alpha=0.3, axis="y")
 
 
@@ -203,30 +237,27 @@ def _mean_breakdown(runs) -> list[float]:
     return parts + [max(0.0, total - sum(parts)) if total is not None else 0.0]
 
 
-def _throughput_bars(ax, grid: ResultGrid) -> None:
-    width = 0.8 / max(1, len(grid.epsilons))
-    shades = colormaps["viridis"]
-    drew = False
-    for j, eps in enumerate(grid.epsilons):
-        intervals = [interval_of(grid.cell(m, eps), "throughput_examples_per_s") for m in grid.methods]
-        if not any(intervals):
-            continue
-        drew = True
-        private = math.isfinite(eps)
-        errors = [(i.half_width or 0.0) if i else 0.0 for i in intervals]
-        ax.bar(np.arange(len(grid.methods)) + (j - (len(grid.epsilons) - 1) / 2) * width,
-               [i.mean if i else np.nan for i in intervals], width, yerr=errors, capsize=2,
-               color=shades(0.15 + 0.7 * j / max(1, len(grid.epsilons) - 1)) if private else "#cccccc",
-               hatch=None if private else NONPRIVATE_HATCH, edgecolor="#555",
-               label=f"ε = {display_epsilon(eps)}" + ("" if private else " (non-private)"))
-    ax.set_xticks(range(len(grid.methods)), labels=list(grid.methods))
+def _throughput_bars(ax, grid: ResultGrid, styles: dict[str, MethodStyle]) -> None:
+    """Groups per ε, one bar per method in its colour (ε = ∞ hatched), asymmetric 95% error bars on the log
+    scale: never below 0."""
+    methods = [m for m in grid.methods if any(grid.cell(m, e) for e in grid.epsilons)]
+    width = 0.8 / max(1, len(methods))
+    for k, method in enumerate(methods):
+        for j, eps in enumerate(grid.epsilons):
+            interval = interval_of(grid.cell(method, eps), "throughput_examples_per_s")
+            if interval is None:
+                continue
+            errors = None if interval.low is None else [[interval.mean - interval.low], [interval.high - interval.mean]]
+            ax.bar(j + (k - (len(methods) - 1) / 2) * width, interval.mean, width, yerr=errors, capsize=2,
+                   color=styles[method].color, edgecolor="#555", lw=0.6,
+                   hatch=None if math.isfinite(eps) else NONPRIVATE_HATCH)
+    ax.set_xticks(range(len(grid.epsilons)),
+                  labels=[f"ε = {display_epsilon(e)}" + ("" if math.isfinite(e) else "\n(non-private)")
+                          for e in grid.epsilons])
     ax.set_ylabel("throughput (examples / s, higher is better)")
-    ax.set_title("Throughput (error bars: 95% interval over seeds)")
+    ax.set_title("Throughput (error bars: 95% interval over seeds, log scale)", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    if drew:
-        ax.legend(fontsize=7.5)
-    else:
-        _no_data(ax)
+    ax.legend(handles=[Patch(color=styles[m].color, label=m) for m in methods], fontsize=7.5)
 
 
 # ------------------------------------------------------------------------------------------ Pareto
@@ -234,33 +265,32 @@ PARETO_COSTS = (("total_peak_memory_bytes", "total peak memory (MiB, lower is be
                 ("throughput_examples_per_s", "throughput (examples / s, higher is better)", 1.0, False))
 
 
-def pareto_figure(grid: ResultGrid) -> Figure:
-    """Accuracy against memory (top) and throughput (bottom), one column per finite ε; circled:
-    Pareto-optimal methods at that ε."""
-    columns = max(1, len(grid.finite_epsilons))
-    figure = new_figure(3.8 * columns + 1.2, 7.2)
-    axes = figure.subplots(len(PARETO_COSTS), columns, squeeze=False)
-    colors = method_colors(grid.methods)
-    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(grid.methods)}
-    for row, (cost, label, scale, lower_is_better) in enumerate(PARETO_COSTS):
-        for column in range(columns):
+def pareto_figure(grid: ResultGrid, styles: Optional[dict[str, MethodStyle]] = None) -> Optional[Figure]:
+    """Accuracy against memory and against throughput, one column per finite ε; circled: Pareto-optimal
+    methods at that ε. Only the costs and ε with points are drawn; None when there are none."""
+    styles = styles or method_styles(grid.methods)
+    panels = {(cost, eps): pareto_points(grid, eps, cost, lower_is_better)
+              for cost, _, _, lower_is_better in PARETO_COSTS for eps in grid.finite_epsilons}
+    rows = [c for c in PARETO_COSTS if any(panels[(c[0], e)] for e in grid.finite_epsilons)]
+    columns = [e for e in grid.finite_epsilons if any(panels[(c[0], e)] for c in rows)]
+    if not rows or not columns:
+        return None
+    figure = new_figure(3.8 * len(columns) + 1.2, 3.6 * len(rows) + 0.8)
+    axes = figure.subplots(len(rows), len(columns), squeeze=False)
+    for row, (cost, label, scale, _) in enumerate(rows):
+        for column, eps in enumerate(columns):
             ax = axes[row, column]
             ax.set_xlabel(label, fontsize=8)
             ax.grid(alpha=0.3)
-            points = (pareto_points(grid, grid.finite_epsilons[column], cost, lower_is_better)
-                      if grid.finite_epsilons else [])
-            if not points:
-                _no_data(ax, "no DP runs with both values")
-                continue
-            ax.set_title(f"ε = {display_epsilon(grid.finite_epsilons[column])}")
-            for p in points:
-                ax.scatter(p.cost * scale, p.accuracy, marker=markers[p.method], s=55, color=colors[p.method],
-                           zorder=3)
+            ax.set_title(f"ε = {display_epsilon(eps)}")
+            for p in panels[(cost, eps)]:
+                ax.scatter(p.cost * scale, p.accuracy, marker=styles[p.method].marker, s=55,
+                           color=styles[p.method].color, zorder=3)
                 if p.optimal:
                     ax.scatter(p.cost * scale, p.accuracy, s=260, facecolors="none", edgecolors="crimson", zorder=2)
             ax.margins(0.2)
         axes[row, 0].set_ylabel("downstream accuracy")
-    handles = [Line2D([], [], ls="", marker=markers[m], color=colors[m], label=m) for m in grid.methods]
+    handles = [Line2D([], [], ls="", marker=styles[m].marker, color=styles[m].color, label=m) for m in grid.methods]
     handles.append(Line2D([], [], ls="", marker="o", markersize=12, markerfacecolor="none",
                           markeredgecolor="crimson", label="Pareto-optimal at this ε"))
     figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8)
@@ -279,29 +309,30 @@ class Series:
 
 
 def profile_figure(panels: Sequence[tuple[str, Sequence[Series]]], xlabel: str, xticks: Sequence[tuple[float, str]],
-                   methods: Sequence[str]) -> Figure:
+                   methods: Sequence[str], styles: Optional[dict[str, MethodStyle]] = None) -> Figure:
     """Panels (title, series), two per row, over a shared kind of x axis: batch size or model size.
-    DP solid, non-private dashed, as everywhere."""
+    DP solid with the method's marker, non-private dashed with hollow markers, as everywhere."""
     columns = min(2, len(panels))
     rows = math.ceil(len(panels) / columns)
-    figure = new_figure(5.4 * columns + 1.6, 4.2 * rows)
+    figure = new_figure(5.6 * columns + 1.6, 4.4 * rows)
     axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
-    colors = method_colors(methods)
+    styles = styles or method_styles(methods)
     for ax, (title, series) in zip(axes, panels):
         for s in series:
             points = [(x, y) for x, y in zip(s.x, s.y) if y is not None]
             if points:
-                ax.plot(*zip(*points), ls=LINE_STYLES[s.mode], marker="o" if s.mode == "dp" else "x",
-                        color=colors[s.method])
+                style = styles[s.method]
+                ax.plot(*zip(*points), ls=LINE_STYLES[s.mode], marker=style.marker, color=style.color,
+                        markerfacecolor=style.color if s.mode == "dp" else "none")
         ax.set_xscale("log")
-        ax.set_xticks([x for x, _ in xticks], labels=[t for _, t in xticks], fontsize=7)
+        # labels of sizes close on a log axis would overlap: slant them
+        ax.set_xticks([x for x, _ in xticks], labels=[t for _, t in xticks], fontsize=7.5, rotation=30, ha="right")
         ax.minorticks_off()
         ax.set_xlabel(xlabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
     modes = {s.mode for _, series in panels for s in series}
-    styles = [Line2D([], [], ls=LINE_STYLES[m], color="black", label="DP" if m == "dp" else "non-private")
-              for m in ("dp", "nonprivate") if m in modes]
-    figure.legend(handles=[Patch(color=colors[m], label=m) for m in methods] + styles, loc="outside right upper",
-                  fontsize=8)
+    line_styles = [Line2D([], [], ls=LINE_STYLES[m], color="black", label="DP" if m == "dp" else "non-private")
+                   for m in ("dp", "nonprivate") if m in modes]
+    figure.legend(handles=_method_handles(methods, styles) + line_styles, loc="outside right upper", fontsize=8)
     return figure

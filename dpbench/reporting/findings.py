@@ -2,19 +2,20 @@
 that carry no information at this scale, and Pareto fronts. Pure computation on a :class:`ResultGrid`.
 
 Differences between methods are paired within (ε, seed) (:func:`dpbench.reporting.stats.paired_difference`);
-an interval that contains 0 is "not significant", and with one seed nothing is.
+every pair of methods at one ε is one family, Holm-adjusted (:func:`dpbench.reporting.stats.holm_adjust`), so
+"significant" holds for the family; with one seed nothing is.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from dpbench.reporting.formatting import format_difference, format_number, significance
 from dpbench.reporting.grid import (Metric, ResultGrid, interval_of, mean_of, metric_value, paired_by_seed,
-                                    values_by_seed)
-from dpbench.reporting.stats import Interval, PairedDiff, format_interval, paired_difference
+                                    paired_ratio, values_by_seed)
+from dpbench.reporting.stats import Interval, PairedDiff, format_interval, holm_adjust, paired_difference
 from dpbench.results import display_epsilon
 
 ACCURACY = "downstream_accuracy"
@@ -41,7 +42,31 @@ class Headline:
     accuracy: Interval
     gain_over_pretrained: Optional[PairedDiff]
     gap_to_nonprivate: Optional[Gap]
-    comparisons: tuple[tuple[str, PairedDiff], ...]  # (other method, best − other)
+    comparisons: tuple[tuple[str, PairedDiff], ...]  # (other method, best − other), Holm-adjusted within ε
+    cost: "Cost"
+
+
+MEMORY, THROUGHPUT = "total_peak_memory_bytes", "throughput_examples_per_s"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What the best method's DP runs at one ε cost: total peak memory and examples/s (means over seeds with
+    log-scale intervals), and each relative to full fine-tuning at the same ε, seed by seed (``full`` is
+    None when the suite has no full fine-tuning; the ratios are None then, or when full has no value)."""
+
+    memory: Optional[Interval]
+    throughput: Optional[Interval]
+    full: Optional[str]
+    memory_vs_full: Optional[Interval]
+    throughput_vs_full: Optional[Interval]
+
+
+def cost_of(grid: ResultGrid, method: str, eps: float) -> Cost:
+    runs, full = grid.cell(method, eps), grid.full_label
+    reference = grid.cell(full, eps) if full is not None else []
+    return Cost(interval_of(runs, MEMORY), interval_of(runs, THROUGHPUT), full,
+                paired_ratio(runs, reference, MEMORY), paired_ratio(runs, reference, THROUGHPUT))
 
 
 def headlines(grid: ResultGrid) -> list[Headline]:
@@ -61,12 +86,21 @@ def _headline(grid: ResultGrid, eps: float) -> Optional[Headline]:
     if pretrained is not None:
         accuracies = values_by_seed(runs, ACCURACY)
         gain = paired_difference(accuracies, {seed: pretrained for seed in accuracies})
+    family = {(a, b): diff for a, b, diff in pairwise_differences(grid, eps)}
     comparisons = []
     for other in ranked:
-        diff = paired_by_seed(runs, grid.cell(other, eps), ACCURACY) if other != best else None
-        if diff is not None:
-            comparisons.append((other, diff))
-    return Headline(eps, best, interval_of(runs, ACCURACY), gain, _gap(grid, best, eps), tuple(comparisons))
+        if (best, other) in family:
+            comparisons.append((other, family[(best, other)]))
+        elif (other, best) in family:
+            comparisons.append((other, _negated(family[(other, best)])))
+    return Headline(eps, best, interval_of(runs, ACCURACY), gain, _gap(grid, best, eps), tuple(comparisons),
+                    cost_of(grid, best, eps))
+
+
+def _negated(diff: PairedDiff) -> PairedDiff:
+    """b − a from a − b: the same test, the interval mirrored."""
+    return replace(diff, mean=-diff.mean, low=None if diff.high is None else -diff.high,
+                   high=None if diff.low is None else -diff.low)
 
 
 def _gap(grid: ResultGrid, method: str, eps: float) -> Optional[Gap]:
@@ -81,14 +115,16 @@ def _gap(grid: ResultGrid, method: str, eps: float) -> Optional[Gap]:
 
 
 def pairwise_differences(grid: ResultGrid, eps: float, metric: Metric = ACCURACY) -> list[tuple[str, str, PairedDiff]]:
-    """Every pair of methods at ε, in suite order: (a, b, a − b paired over their common seeds)."""
+    """Every pair of methods at ε, in suite order: (a, b, a − b paired over their common seeds). The pairs at
+    one ε are one family: their verdicts are Holm-adjusted together (the intervals stay unadjusted)."""
     out = []
     for i, a in enumerate(grid.methods):
         for b in grid.methods[i + 1:]:
             diff = paired_by_seed(grid.cell(a, eps), grid.cell(b, eps), metric)
             if diff is not None:
                 out.append((a, b, diff))
-    return out
+    adjusted = holm_adjust([diff for _, _, diff in out])
+    return [(a, b, diff) for (a, b, _), diff in zip(out, adjusted)]
 
 
 def verdict(grid: ResultGrid, found: Sequence[Headline]) -> str:
@@ -107,23 +143,29 @@ def _verdict_sentence(h: Headline) -> str:
             f"({format_interval(h.accuracy)}, {h.accuracy.n} seed{'s' if h.accuracy.n != 1 else ''})")
     if h.gain_over_pretrained is not None:
         gain = h.gain_over_pretrained
-        direction = "above" if gain.mean >= 0 else "below"
-        text += f", {format_number(abs(gain.mean), 3)} {direction} the pretrained model ({significance(gain)})"
+        text += f", {_relation(gain.mean, 'the pretrained model')} ({significance(gain)})"
     verdicts = {True: [], False: [], None: []}
     for other, diff in h.comparisons:
         verdicts[diff.significant].append(other)
     if verdicts[True]:
-        text += f"; it is significantly ahead of {_join(verdicts[True])}"
+        text += f"; it is significantly ahead of {_join(verdicts[True])} (Holm-adjusted over the pairs at this ε)"
     if verdicts[False]:
         text += f"; its lead over {_join(verdicts[False])} is not significant: they tie with it at this ε"
     if verdicts[None]:
         text += f"; its lead over {_join(verdicts[None])} rests on one seed and cannot be called significant"
     if h.gap_to_nonprivate is not None:
         gap = h.gap_to_nonprivate
-        change = f"{format_number(abs(gap.mean), 3)} {'below' if gap.mean < 0 else 'above'}"
         paired = f" ({significance(gap.paired)})" if gap.paired else " (means, not paired)"
-        text += f"; it is {change} its own non-private (ε = ∞) run{paired}"
+        text += f"; it is {_relation(gap.mean, 'its own non-private (ε = ∞) run')}{paired}"
     return text + "."
+
+
+def _relation(difference: float, reference: str) -> str:
+    """"0.12 above X", "0.03 below X", or "level with X" when the difference rounds to 0."""
+    amount = format_number(abs(difference), 3)
+    if amount == "0":
+        return f"level with {reference}"
+    return f"{amount} {'above' if difference > 0 else 'below'} {reference}"
 
 
 def _join(names: Sequence[str]) -> str:
@@ -188,6 +230,14 @@ def seeded_noise_warning(grid: ResultGrid) -> Optional[str]:
                      "0.2, whose Poisson sampling was derived from the published seed (who was sampled is known, so "
                      "amplification by subsampling does not hold). Their utility numbers are unaffected.")
     return " ".join(notes) or None
+
+
+def smoke_warning(grid: ResultGrid) -> Optional[str]:
+    """Smoke runs (``--smoke``: 2 steps, minimal sampling and evaluation) check the pipeline, nothing more."""
+    if not any(run.smoke for run in grid.runs + grid.failed):
+        return None
+    return ("Smoke test (dpbench run --smoke): every run trained 2 steps with minimal sampling and evaluation. "
+            "It shows the suite runs end to end; its numbers measure nothing about the methods.")
 
 
 def single_seed_note(grid: ResultGrid) -> Optional[str]:

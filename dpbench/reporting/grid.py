@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 from dpbench.errors import UserError
-from dpbench.reporting.stats import Interval, PairedDiff, mean_interval, paired_difference
+from dpbench.reporting.stats import Interval, PairedDiff, Scale, mean_interval, paired_difference
 from dpbench.results import Baselines, RunResult, load_baselines, load_results
 
 # A metric is a RunResult field name, or a function of a run for derived quantities.
@@ -39,10 +39,32 @@ def values_by_seed(runs: Iterable[RunResult], metric: Metric) -> dict[int, float
     return values
 
 
-def interval_of(runs: Iterable[RunResult], metric: Metric) -> Optional[Interval]:
-    """Mean over seeds with its 95% t-interval; None when no run has the metric."""
+# The range each recorded quantity lives in, so that its interval stays inside it (stats.mean_interval):
+# fractions on the logit scale, positive amounts on the log scale. Anything else is linear.
+METRIC_SCALES: dict[str, Scale] = {
+    "downstream_accuracy": "logit", "precision": "logit", "recall": "logit",
+    "fid": "log", "total_peak_memory_bytes": "log", "peak_memory_bytes": "log", "throughput_examples_per_s": "log",
+    "step_time_s": "log", "train_seconds": "log",
+}
+
+
+def scale_of(metric: Metric) -> Scale:
+    return METRIC_SCALES.get(metric, "linear") if isinstance(metric, str) else "linear"
+
+
+def interval_of(runs: Iterable[RunResult], metric: Metric, scale: Optional[Scale] = None) -> Optional[Interval]:
+    """Mean over seeds with its 95% t-interval on the metric's own scale (:data:`METRIC_SCALES`, or
+    ``scale``); None when no run has the metric."""
     values = list(values_by_seed(runs, metric).values())
-    return mean_interval(values) if values else None
+    return mean_interval(values, scale=scale or scale_of(metric)) if values else None
+
+
+def paired_ratio(a_runs: Iterable[RunResult], b_runs: Iterable[RunResult], metric: Metric) -> Optional[Interval]:
+    """a / b per seed both ran, then the mean of those ratios with a log-scale interval (ratios are positive);
+    None when no seed has a positive value on both sides."""
+    a, b = values_by_seed(a_runs, metric), values_by_seed(b_runs, metric)
+    ratios = [a[seed] / b[seed] for seed in set(a) & set(b) if b[seed] > 0 and a[seed] > 0]
+    return mean_interval(ratios, scale="log") if ratios else None
 
 
 def mean_of(runs: Iterable[RunResult], metric: Metric) -> Optional[float]:
@@ -107,6 +129,12 @@ class ResultGrid:
         return names.pop() if len(names) == 1 else self.results_dir.resolve().name
 
     @property
+    def full_label(self) -> Optional[str]:
+        """The first method (in suite order) that is full fine-tuning, the reference for relative cost."""
+        full = {r.method_label for r in self.runs if r.method == "full"}
+        return next((m for m in self.methods if m in full), None)
+
+    @property
     def max_seeds(self) -> int:
         return max((len(runs) for runs in self._cells.values()), default=0)
 
@@ -140,4 +168,9 @@ def load_grid(results_dir: str | os.PathLike) -> ResultGrid:
     if not results:
         raise UserError(f"no finished runs in {results_dir} (expected runs/<run_id>/result.json); "
                         "run the suite first or pass its results directory")
+    smoke = sorted(r.run_id for r in results if r.smoke)
+    if smoke and len(smoke) < len(results):
+        raise UserError(f"{results_dir}: mixes {len(smoke)} --smoke runs (e.g. {smoke[0]}) with "
+                        f"{len(results) - len(smoke)} real runs; smoke runs measure nothing — remove their "
+                        "runs/<run_id>/ folders, or report them apart (dpbench run --smoke writes to <suite>-smoke/)")
     return ResultGrid.from_results(results_dir, results, load_baselines(results_dir))

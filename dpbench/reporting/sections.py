@@ -10,16 +10,20 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
 from dpbench.reporting.document import Document, Picture
-from dpbench.reporting.figures import Reference, metric_vs_epsilon, png_bytes
+from dpbench.reporting.figures import MethodStyle, Reference, method_styles, metric_vs_epsilon, png_bytes
 from dpbench.reporting.files import OutputFolder, Refused, image_inside, safe_file_name
 from dpbench.reporting.findings import (
-    ACCURACY, headlines, pairwise_differences, seeded_noise_warning, single_seed_note, uninformative_metrics, verdict)
+    ACCURACY, headlines, pairwise_differences, seeded_noise_warning, single_seed_note, smoke_warning,
+    uninformative_metrics, verdict)
 from dpbench.reporting.formatting import (
-    MISSING, format_bytes, format_difference, format_distinct, format_epsilon_cell, format_estimate, format_number)
+    MISSING, format_bytes, format_bytes_interval, format_difference, format_distinct, format_epsilon_cell,
+    format_cost, format_estimate, format_number, format_ratio_interval)
+from dpbench.reporting.stats import SCALE_DESCRIPTIONS
 from dpbench.reporting.grid import ResultGrid
 from dpbench.reporting.tables import Table, interval_cell, mean_cell, method_epsilon_table
 from dpbench.results import AuditResult, Profile, RunResult, ThreatModelResult, display_epsilon, format_epsilon
@@ -38,11 +42,29 @@ class ReportContext:
     def save_figure(self, name: str, figure) -> str:
         return self.output.write(name, png_bytes(figure))
 
+    def add_figure(self, doc: Document, name: str, figure, alt: str, caption: str, nothing: str) -> None:
+        """The figure with its caption, or, when there was nothing to draw (``figure`` None), a note saying so."""
+        if figure is None:
+            doc.paragraph(nothing, "note")
+        else:
+            doc.figure(Picture(self.save_figure(name, figure), alt, caption))
+
+    @cached_property
+    def styles(self) -> dict[str, MethodStyle]:
+        """One colour and marker per method for every figure: the suite's methods, then profile-only ones."""
+        extra = [e.method_label for _, p in self.profiles for e in p.entries if e.method_label not in self.grid.methods]
+        return method_styles(list(self.grid.methods) + list(dict.fromkeys(extra)))
+
 
 def privacy_banner(doc: Document, ctx: ReportContext) -> None:
-    warning = seeded_noise_warning(ctx.grid)
-    if warning:
-        doc.banner(warning)
+    for warning in (smoke_warning(ctx.grid), seeded_noise_warning(ctx.grid)):
+        if warning:
+            doc.banner(warning)
+
+
+HEADLINE_COLUMNS = ("ε", "best method", "accuracy [95% CI]", "gain over the pretrained model",
+                    "DP total peak memory [95% CI]", "memory vs full", "DP examples/s [95% CI]", "examples/s vs full",
+                    "gap to its own ε = ∞ run", "best − each other method (paired; Holm-adjusted within ε)")
 
 
 def headline_section(doc: Document, ctx: ReportContext) -> None:
@@ -54,15 +76,32 @@ def headline_section(doc: Document, ctx: ReportContext) -> None:
     found = headlines(grid)
     rows = [[display_epsilon(h.epsilon), h.best, format_estimate(h.accuracy),
              format_difference(h.gain_over_pretrained) if h.gain_over_pretrained else "— (no pretrained baseline)",
+             format_bytes_interval(h.cost.memory), _versus_full(h, h.cost.memory_vs_full),
+             format_cost(h.cost.throughput), _versus_full(h, h.cost.throughput_vs_full),
              h.gap_to_nonprivate.text() if h.gap_to_nonprivate else "— (no ε = ∞ run)",
              "; ".join(f"vs {other}: {format_difference(diff)}" for other, diff in h.comparisons) or MISSING]
             for h in found]
-    doc.table(Table(["ε", "best method", "accuracy [95% CI]", "gain over the pretrained model",
-                     "gap to its own ε = ∞ run", "best − each other method (paired)"], rows, "headline"))
+    doc.table(Table(HEADLINE_COLUMNS, rows, "headline"))
     doc.paragraph(verdict(grid, found), "verdict")
-    doc.paragraph("Intervals are 95% Student-t intervals over fine-tuning seeds. Differences between methods "
-                  "are paired within (ε, seed); an interval that contains 0 is marked n.s. and not significant.",
-                  "note")
+    doc.paragraph(INTERVALS_NOTE, "note")
+
+
+INTERVALS_NOTE = (
+    "How sure: intervals are 95% over fine-tuning seeds. Accuracy: " + SCALE_DESCRIPTIONS["logit"] + "; memory, "
+    "throughput, FID and the ratios to full fine-tuning: " + SCALE_DESCRIPTIONS["log"] + "; the number before "
+    "each interval is the arithmetic mean. Costs are the best method's DP runs at that ε; \"vs full\" divides "
+    "them by full fine-tuning's at the same ε and seed. Differences between methods are paired within (ε, seed) "
+    "with unadjusted 95% intervals; their verdicts are Holm-adjusted over every pair of methods at that ε (one "
+    "family per ε), so an interval that barely excludes 0 can still be not significant. The gain over the "
+    "pretrained model and the gap to ε = ∞ are single tests, not adjusted.")
+
+
+def _versus_full(h, ratio) -> str:
+    if h.cost.full is None:
+        return "— (no full fine-tuning run)"
+    if h.best == h.cost.full:
+        return "1× (is full)"
+    return format_ratio_interval(ratio)
 
 
 def privacy_section(doc: Document, ctx: ReportContext) -> None:
@@ -116,22 +155,26 @@ def utility_section(doc: Document, ctx: ReportContext) -> None:
     doc.section("utility", "Privacy–utility")
     pretrained = Reference(baselines and baselines.pretrained_accuracy, "pretrained")
     ceiling = Reference(baselines and baselines.real_data_accuracy, "ceiling")
-    doc.figure(Picture(ctx.save_figure("accuracy_vs_epsilon.png", metric_vs_epsilon(
+    ctx.add_figure(doc, "accuracy_vs_epsilon.png", metric_vs_epsilon(
         grid, ACCURACY, "downstream accuracy (higher is better)", "Downstream classifier accuracy vs ε",
-        [pretrained, ceiling])), "downstream accuracy vs epsilon",
-        "Accuracy of a classifier trained on the samples, tested on real data. Solid with band: DP runs, mean "
-        "and 95% interval over seeds; dashed: ε = ∞; dotted: pretrained model; dash-dot: real-data classifier "
-        "(written at the edge when outside the runs' range)."))
-    doc.figure(Picture(ctx.save_figure("fid_vs_epsilon.png", metric_vs_epsilon(
+        [pretrained, ceiling], ctx.styles), "downstream accuracy vs epsilon",
+        "Accuracy of a classifier trained on the samples, tested on real data. Solid with error bars (and a band "
+        "across several ε): DP runs, mean and 95% interval over seeds (logit scale, within [0, 1]); methods are "
+        "drawn side by side at each ε so none hides another; dashed: ε = ∞; dotted: pretrained model; dash-dot: "
+        "real-data classifier (written at the edge when outside the runs' range).",
+        "No run recorded a downstream accuracy: no accuracy figure.")
+    ctx.add_figure(doc, "fid_vs_epsilon.png", metric_vs_epsilon(
         grid, "fid", "FID (lower is better)", "FID vs ε",
-        [Reference(baselines and baselines.pretrained_fid, "pretrained")])), "FID vs epsilon",
-        "FID of the samples against the real reference set; line styles as above."))
+        [Reference(baselines and baselines.pretrained_fid, "pretrained")], ctx.styles), "FID vs epsilon",
+        "FID of the samples against the real reference set (intervals on the log scale); line styles as above.",
+        "No run recorded an FID: no FID figure.")
     kept, notes = uninformative_metrics(grid, list(UTILITY_METRICS))
     for note in notes:
         doc.paragraph(note, "note")
     columns = {UTILITY_METRICS[m]: interval_cell(m) for m in kept}
     doc.table(method_epsilon_table(grid, {**columns, "ε spent": mean_cell("epsilon_spent")}, "utility"))
-    doc.subsection("Differences between methods (accuracy, paired within ε and seed)")
+    doc.subsection("Differences between methods (accuracy, paired within ε and seed; verdicts Holm-adjusted "
+                   "over the pairs at each ε)")
     rows = [[format_epsilon_cell(eps), a, b, format_difference(diff), str(diff.n)]
             for eps in grid.epsilons for a, b, diff in pairwise_differences(grid, eps)]
     doc.table(Table(["ε", "method a", "method b", "a − b [95% CI]", "seeds paired"], rows, "differences"))

@@ -5,8 +5,14 @@
   Within one (ε, seed) cell the two methods share the pretrained model, the data, σ and the
   batches, so most seed-to-seed variation cancels in the difference; a paired interval can be far
   narrower than comparing two unpaired intervals, and is the right test for "is A better than B".
+* :func:`holm_adjust` — Holm's step-down adjustment of a family of paired differences' p-values (every
+  pair of methods at one ε is one family), so "significant" holds for the family, not for each pair alone.
 * :func:`format_interval` — ``"0.501 [0.44, 0.56]"``, with a marker when a difference is not
   significant.
+
+Intervals respect the range of what they describe (``scale``): a fraction (accuracy) gets a t-interval on
+the logit scale and a positive quantity (memory, throughput, FID, ratios) one on the log scale, both
+transformed back, so neither runs past 0 or 1. The point estimate is the arithmetic mean either way.
 
 NaN values (a failed evaluation, say) are never dropped silently: ``nan_policy="raise"`` (the
 default) rejects them, ``nan_policy="omit"`` drops them and the returned ``n`` says how many values
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from dataclasses import replace
 from typing import Hashable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -26,6 +33,15 @@ DEFAULT_CONFIDENCE = 0.95
 NOT_SIGNIFICANT_MARKER = "n.s."
 
 NanPolicy = Literal["raise", "omit"]
+# linear: Student-t on the values; logit: on logit(values), for fractions in [0, 1]; log: on log(values), for
+# positive quantities. The transformed interval is mapped back, so it stays inside the quantity's range.
+Scale = Literal["linear", "logit", "log"]
+SCALE_DESCRIPTIONS = {
+    "linear": "Student-t interval",
+    "logit": "Student-t interval on the logit scale, transformed back (stays within [0, 1])",
+    "log": "Student-t interval on the log scale, transformed back (stays positive)",
+}
+LOGIT_CLAMP = 1e-6  # a fraction of exactly 0 or 1 has an infinite logit: clamp it this close to the edge
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,7 @@ class Interval:
     n: int
     half_width: float | None
     confidence: float = DEFAULT_CONFIDENCE
+    scale: Scale = "linear"
 
 
 @dataclass(frozen=True)
@@ -47,7 +64,9 @@ class PairedDiff:
 
     ``significant`` is True when the interval excludes 0, False when it contains 0, and None when
     ``n < 2`` (no interval). ``seeds`` are the seeds that entered, i.e. present in both inputs
-    (and not NaN, under ``nan_policy="omit"``).
+    (and not NaN, under ``nan_policy="omit"``). ``p_value`` is the paired t-test's two-sided p; after
+    :func:`holm_adjust` it is the Holm-adjusted p, ``adjustment`` says so and ``significant`` follows it
+    (the interval stays the unadjusted one).
     """
 
     mean: float
@@ -58,19 +77,47 @@ class PairedDiff:
     half_width: float | None = None
     confidence: float = DEFAULT_CONFIDENCE
     seeds: tuple = ()
+    p_value: float | None = None
+    adjustment: str | None = None
 
 
 def mean_interval(
     values: Sequence[float] | np.ndarray,
     confidence: float = DEFAULT_CONFIDENCE,
     nan_policy: NanPolicy = "raise",
+    scale: Scale = "linear",
 ) -> Interval:
-    """Student-t interval ``mean ± t_{(1+c)/2, n-1} · s / √n`` over seeds (``s``: sample std, ddof=1)."""
+    """Student-t interval ``mean ± t_{(1+c)/2, n-1} · s / √n`` over seeds (``s``: sample std, ddof=1).
+
+    With ``scale="logit"`` or ``"log"`` the interval is computed on the transformed values and mapped
+    back, widened (rarely needed) to contain the arithmetic mean, which stays the point estimate. Values
+    outside the scale's domain (a fraction above 1, a non-positive amount) fall back to the linear
+    interval, and ``scale`` of the result says which one was used."""
     _check_confidence(confidence)
+    if scale not in SCALE_DESCRIPTIONS:
+        raise ValueError(f"scale must be one of {sorted(SCALE_DESCRIPTIONS)}, got {scale!r}")
     array = _clean_values(np.asarray(values, dtype=float).ravel(), nan_policy, what="values")
     if array.size == 0:
         raise ValueError("no values to average")
-    return _t_interval(array, confidence)
+    linear = _t_interval(array, confidence)
+    if scale == "linear" or linear.low is None or not _in_domain(array, scale):
+        return linear
+    if scale == "logit":
+        clamped = np.clip(array, LOGIT_CLAMP, 1 - LOGIT_CLAMP)
+        transformed = _t_interval(np.log(clamped / (1 - clamped)), confidence)
+        low, high = (1 / (1 + math.exp(-v)) for v in (transformed.low, transformed.high))
+    else:
+        transformed = _t_interval(np.log(array), confidence)
+        low, high = math.exp(transformed.low), math.exp(transformed.high)
+    low, high = min(low, linear.mean), max(high, linear.mean)
+    return Interval(mean=linear.mean, low=low, high=high, n=linear.n, half_width=None, confidence=confidence,
+                    scale=scale)
+
+
+def _in_domain(values: np.ndarray, scale: Scale) -> bool:
+    if scale == "logit":
+        return bool(np.all((values >= 0) & (values <= 1)))
+    return bool(np.all(values > 0))
 
 
 def paired_difference(
@@ -104,9 +151,10 @@ def paired_difference(
         raise ValueError("no seed has a value in both a_by_seed and b_by_seed")
     interval = _t_interval(np.asarray(differences), confidence)
     if interval.low is None or interval.high is None:
-        significant = None
+        significant = p_value = None
     else:
         significant = bool(interval.low > 0 or interval.high < 0)
+        p_value = _t_test_p(np.asarray(differences))
     return PairedDiff(
         mean=interval.mean,
         low=interval.low,
@@ -116,14 +164,44 @@ def paired_difference(
         half_width=interval.half_width,
         confidence=confidence,
         seeds=tuple(used_seeds),
+        p_value=p_value,
     )
 
 
-def format_interval(interval: Interval | PairedDiff, digits: int = 3) -> str:
+def _t_test_p(differences: np.ndarray) -> float:
+    """Two-sided p of the one-sample t-test of mean 0 (a constant difference: 0 if nonzero, else 1)."""
+    mean, spread = float(differences.mean()), float(differences.std(ddof=1))
+    if spread == 0:
+        return 0.0 if mean != 0 else 1.0
+    statistic = mean / (spread / math.sqrt(differences.size))
+    return float(2 * scipy_stats.t.sf(abs(statistic), df=differences.size - 1))
+
+
+def holm_adjust(differences: Sequence[PairedDiff]) -> list[PairedDiff]:
+    """Holm's step-down adjustment over one family of differences, in their order.
+
+    The k-th smallest p (of m with a p) is multiplied by (m − k + 1), made non-decreasing and capped at 1;
+    ``significant`` becomes adjusted p < 1 − confidence. Differences without a p (one seed) are kept as
+    they are: they enter no family. The intervals are not changed: they stay unadjusted 95% intervals."""
+    tested = sorted((i for i, d in enumerate(differences) if d.p_value is not None),
+                    key=lambda i: differences[i].p_value)
+    adjusted, running = list(differences), 0.0
+    for rank, i in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * differences[i].p_value))
+        alpha = 1 - differences[i].confidence
+        adjusted[i] = replace(differences[i], p_value=running, adjustment="holm", significant=running < alpha)
+    return adjusted
+
+
+def format_p(p_value: float) -> str:
+    return "p < 0.001" if p_value < 0.001 else f"p = {_format_number(p_value, 2)}"
+
+
+def format_interval(interval: Interval | PairedDiff, digits: int = 3, mark: bool = True) -> str:
     """``"0.501 [0.44, 0.56]"``: every number to ``digits`` significant digits.
 
-    A :class:`PairedDiff` whose interval contains 0 gets `` n.s.`` appended; a single seed prints
-    as ``"0.501 (n=1, no interval)"``.
+    A :class:`PairedDiff` that is not significant gets `` n.s.`` appended unless ``mark`` is False (a
+    caller that states the verdict in words); a single seed prints as ``"0.501 (n=1, no interval)"``.
     """
     if digits < 1:
         raise ValueError(f"digits must be >= 1, got {digits}")
@@ -134,7 +212,7 @@ def format_interval(interval: Interval | PairedDiff, digits: int = 3) -> str:
         f"{mean_text} [{_format_number(interval.low, digits)}, "
         f"{_format_number(interval.high, digits)}]"
     )
-    if isinstance(interval, PairedDiff) and interval.significant is False:
+    if mark and isinstance(interval, PairedDiff) and interval.significant is False:
         text += f" {NOT_SIGNIFICANT_MARKER}"
     return text
 
@@ -184,6 +262,11 @@ def _sorted_seeds(seeds: set) -> list:
         return sorted(seeds)
     except TypeError:
         return sorted(seeds, key=repr)
+
+
+def format_significant(value: float, digits: int = 3) -> str:
+    """``digits`` significant digits in positional notation (1280, 0.00833), 0 for rounding residues."""
+    return _format_number(value, digits)
 
 
 def _format_number(value: float, digits: int) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from dpbench.reporting.findings import seeded_noise_warning, single_seed_note
+from dpbench.reporting.findings import seeded_noise_warning, single_seed_note, smoke_warning
 from dpbench.reporting.formatting import format_bytes, format_number
 from dpbench.reporting.grid import ResultGrid, load_grid
 from dpbench.reporting.tables import CellFunction, interval_cell, mean_cell, method_epsilon_table, text_table
@@ -39,7 +39,7 @@ def format_summary(results_dir: str | os.PathLike) -> str:
     table = method_epsilon_table(grid, summary_columns())
     lines = [f"{grid.suite}: {len(grid.runs)} finished runs" + (f", {len(grid.failed)} failed" if grid.failed else ""),
              text_table(table.headers, table.rows), baselines_line(grid)]
-    notes = [seeded_noise_warning(grid), *table.warnings, single_seed_note(grid)]
+    notes = [smoke_warning(grid), seeded_noise_warning(grid), *table.warnings, single_seed_note(grid)]
     if grid.failed:
         notes.append("failed runs (left out of every statistic): " + ", ".join(r.run_id for r in grid.failed))
     lines += [f"WARNING: {note}" for note in notes if note]

@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from dpbench.reporting.formatting import format_epsilon_cell, format_estimate, format_number
 from dpbench.reporting.grid import Metric, ResultGrid, interval_of, mean_of
+from dpbench.reporting.stats import Interval, Scale
 from dpbench.results import RunResult
 
 # One column of a method × ε table: the cell's runs (one per seed) -> the text shown.
@@ -27,9 +28,10 @@ class Table:
     warnings: Sequence[str] = field(default_factory=tuple)
 
 
-def interval_cell(metric: Metric) -> CellFunction:
-    """Mean over seeds with its 95% interval (or "n=1, no interval")."""
-    return lambda runs: format_estimate(interval_of(runs, metric))
+def interval_cell(metric: Metric, scale: Optional[Scale] = None,
+                  formatter: Callable[[Optional[Interval]], str] = format_estimate) -> CellFunction:
+    """Mean over seeds with its 95% interval on the metric's scale (or "n=1, no interval")."""
+    return lambda runs: formatter(interval_of(runs, metric, scale))
 
 
 def mean_cell(metric: Metric, formatter: Callable[[Optional[float]], str] = format_number) -> CellFunction:

@@ -97,9 +97,21 @@ def _base_result(ctx: RunContext, planned: PlannedRun, **fields) -> RunResult:
         physical_batch_size=step.physical_batch_size, physical_batch_size_setting=planned.physical_batch,
         noise_multiplicity=step.noise_multiplicity, clipping=clipping, lr=planned.training.lr,
         class_embedding_lr=planned.training.class_embedding_lr, trainable_params=0, total_params=0,
-        world_size=ctx.distributed.world_size if ctx.distributed is not None else 1, **provenance(ctx.device))
+        world_size=ctx.distributed.world_size if ctx.distributed is not None else 1, smoke=ctx.settings.smoke,
+        **provenance(ctx.device))
     base.update(fields)
     return RunResult(**base)
+
+
+def _curves(stats, clipper, private: bool) -> dict[str, list[float]]:
+    """The per-step curves a run may release: its step times; C of the quantile rule (post-processing of the
+    privatised counts); the training loss of a non-private run only."""
+    curves = {"step_time_s": [float(t) for t in stats.step_times]}
+    if clipper.max_grad_norms:
+        curves["max_grad_norm"] = [float(c) for c in clipper.max_grad_norms]
+    if not private and stats.losses:
+        curves["loss"] = [float(v) for v in stats.losses]
+    return curves
 
 
 def _memory(ctx: RunContext, planned: PlannedRun, method, scheduler, batch: int) -> tuple[dict, int]:
@@ -202,6 +214,7 @@ def _run(ctx: RunContext, planned: PlannedRun, folder: Path, phase: dict) -> Run
         step_time_s=stats.step_time(warmup), train_seconds=stats.train_seconds,
         # a private run's training loss is a statistic of private data outside the mechanism: never kept
         final_loss=_tail_mean(stats.losses) if not step.private else None,
+        curves=_curves(stats, trainer.clipper, step.private),
         energy_joules=telemetry.energy_joules, nvml_process_memory_bytes=telemetry.peak_process_memory_bytes,
         gpu_phases={name: GpuPhase(**vars(reading)) for name, reading in telemetry.readings.items()},
         **evaluation)

@@ -30,6 +30,8 @@ class RunnerSettings:
     cache_dir: Optional[str] = None
     device: Optional[str] = None  # None: the suite's device
     progress: bool = False
+    overrides: tuple[str, ...] = ()  # --set key.path=value, applied to the suite file in this order
+    smoke: bool = False  # --smoke: overrides holds the smoke settings too; results are marked smoke
 
 
 @dataclass
@@ -51,7 +53,7 @@ class RunContext:
         from dpbench.data.base import dataset_num_classes, load_dataset
         from dpbench.runner.devices import resolve_device
 
-        suite = suite or load_suite(settings.suite_path)
+        suite = suite or load_suite(settings.suite_path, settings.overrides)
         device = resolve_device(settings.device or suite.device)
         results_dir = Path(settings.results_root) / check_name(suite.name, "name")
         ctx = cls(settings, suite, device, results_dir)

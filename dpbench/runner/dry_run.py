@@ -151,7 +151,7 @@ def dry_run(settings: RunnerSettings, only: list[str]) -> DryRun:
     from dpbench.runner.requirements import missing_requirements
 
     start = time.perf_counter()
-    suite = load_suite(settings.suite_path)
+    suite = load_suite(settings.suite_path, settings.overrides)
     ref = suite.data.private
     root = suite.data_root(ref, settings.data_root)
     num_examples, exact = dataset_train_size(ref, root)

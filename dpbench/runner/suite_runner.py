@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from dpbench.config.overrides import effective_suite_yaml
 from dpbench.errors import UserError
 from dpbench.results import RunResult, load_results, rebuild_csv, run_dir, write_bytes_atomic
 from dpbench.runner.context import RunContext, RunnerSettings
@@ -60,7 +61,7 @@ def run_suite(settings: RunnerSettings, only: list[str] = (), rerun_changed: boo
     from dpbench.registry import EXECUTORS
     from dpbench.runner.devices import resolve_device
 
-    suite = load_suite(settings.suite_path)
+    suite = load_suite(settings.suite_path, settings.overrides)
     executor = EXECUTORS.get(suite.executor.name, "executor.name")(**suite.executor.model_dump(exclude={"name"}))
     distributed = None
     if launched_with_several_processes():
@@ -90,7 +91,8 @@ def _run_grid(ctx: RunContext, executor, only: list[str], rerun_changed: bool) -
     pending = [p for p in planned if p.spec.run_id in rerun]  # in the grid's order, the same on every torchrun rank
     if ctx.is_root:
         ctx.results_dir.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(ctx.results_dir / "suite.yaml", Path(settings.suite_path).read_bytes(), inside=ctx.results_dir)
+        write_bytes_atomic(ctx.results_dir / "suite.yaml", effective_suite_yaml(settings.suite_path, settings.overrides),
+                           inside=ctx.results_dir)
         for p in changed:  # a re-run starts from scratch, not from a checkpoint of the old settings
             (run_dir(ctx.results_dir, p.spec.run_id) / "result.json").unlink(missing_ok=True)
     if ctx.distributed is not None:

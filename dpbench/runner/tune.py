@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from dpbench.config.overrides import apply_overrides
 from dpbench.config.suite import DatasetRef, MethodSpec, Suite, load_suite, stable_hash
 from dpbench.errors import UserError
 from dpbench.results import (TuneCandidate, TuneResult, check_name, display_epsilon, format_epsilon, load_results,
@@ -102,7 +103,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     from dpbench.runner.plan import plan_runs
     from dpbench.runner.suite_runner import split_finished
 
-    suite = load_suite(settings.suite_path)
+    suite = load_suite(settings.suite_path, settings.overrides)
     public = suite.data.public
     if public is None or suite.model.preset is None:
         raise UserError(f"{settings.suite_path}: tune builds its proxy task from data.public and pretrains a proxy "
@@ -161,7 +162,8 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
                         f"classes 0..{num_classes - 1} renamed by a fixed derangement", epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
                         tuned_suite=tuned_name, **provenance(device))
     write_model(tune_dir / "tune.json", record, inside=tune_dir)
-    write_bytes_atomic(tune_dir / tuned_name, _tuned_yaml(settings.suite_path, record).encode(), inside=tune_dir)
+    write_bytes_atomic(tune_dir / tuned_name, _tuned_yaml(settings.suite_path, settings.overrides, record).encode(),
+                       inside=tune_dir)
     return tune_dir, record
 
 
@@ -186,8 +188,8 @@ def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], result
     return rows
 
 
-def _tuned_yaml(suite_path: str, record: TuneResult) -> str:
-    raw = yaml.safe_load(Path(suite_path).read_text())
+def _tuned_yaml(suite_path: str, overrides: tuple[str, ...], record: TuneResult) -> str:
+    raw = apply_overrides(yaml.safe_load(Path(suite_path).read_text()), overrides)
     selected = {c.method_label: c for c in record.candidates if c.selected}
     for entry in raw["methods"]:
         pick = selected.get(entry.get("label") or entry["name"])
