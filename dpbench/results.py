@@ -269,6 +269,7 @@ class Profile(Provenance):
     image_size: Optional[int] = None
     noise_multiplicity: int = 1
     grad_sample_mode: Optional[str] = None
+    bookkeeping_rule: Optional[str] = Field(None, description="bookkeeping's per-layer rule: memory or time")
     entries: list[ProfileEntry] = Field(default_factory=list)
     max_batch_size: dict[str, dict[str, Optional[int]]] = Field(default_factory=dict, description="GPU only")
 

@@ -37,6 +37,17 @@ the input once instead of k_h·k_w times (:func:`_shift_gradient` picks by bytes
 norm's input Gram matrix is Σ_taps Vᵀ V ([b, L, L]). Whatever the input's strides (diffusers hands
 convolutions channels_last-strided tensors), the one copy into the buffer reads it correctly.
 
+Which path per layer (``rule``). Instantiating holds b·P per layer until the weights are known (every
+instantiated layer at once, and kept between steps as a reused workspace); the ghost norm needs two
+[S, S] Gram matrices per example, transiently, one layer at a time. So:
+
+- ``memory`` (the default): the ghost norm where 2·S² < P — fastDP's rule (Bu et al.), with S the
+  positions this implementation really forms (a conv's grid counts its spare columns, K rows and every
+  call of the module). In diffusers' UNet2DModel that ghosts the wide low-resolution convolutions
+  (256 channels at 8×8 and below: 2·(HW)² ≪ C_in·k²·C_out), the time-embedding linears and the class
+  embedding, and instantiates convolutions at high resolution and most attention projections.
+- ``time``: the cheaper path by the multiply-add model below (the engine's earlier rule).
+
 Cost model (multiply-adds per layer and step; b examples, S positions per example, P weight elements;
 for a conv d_in = C_in·k_h·k_w, d_out = C_out and S counts the grid's spare positions):
 
@@ -45,17 +56,15 @@ for a conv d_in = C_in·k_h·k_w, d_out = C_out and S counts the grid's spare po
     instantiate  b·S·P                      the per-example gradients
                + 2·b·P                      their norms and the weighted sum w @ G
 
-The ghost path is taken when it is cheaper: S²·(d_in + d_out + 1) < 2·P. Instantiating costs the
-same contraction as the ghost path's weighted sum, done once and reused, so it wins unless S is tiny
-(forcing the ghost norm on the attention projections, as fastDP's memory rule T² < P would, made the
-attention and LoRA DP steps ~20% slower on CPU):
-in diffusers' UNet2DModel the ghost norm is chosen for the time-embedding and ``time_emb_proj``
-linears and the class embedding (S = K), and per-example gradients are instantiated for attention
-projections (S = 49…196 tokens) and every convolution. The price of instantiating is memory: b·P per
-instantiated layer, held until the weights are known (what Opacus holds for every layer); ghost
-layers need b·S² transiently. Embedding (V rows of width d): ghost b·S²·(d + 1) vs. instantiate
-3·b·V·d. GroupNorm/LayerNorm weights and all biases (P ≤ channels) are always instantiated — a
-per-example [b, C] reduction of g·x̂ or g — since their ghost norm would cost b·S².
+The time rule takes the ghost path when it is cheaper: S²·(d_in + d_out + 1) < 2·P. Instantiating costs
+the same contraction as the ghost path's weighted sum, done once and reused, so it wins unless S is tiny
+(forcing the ghost norm on the attention projections made the attention and LoRA DP steps ~20% slower
+on CPU): it ghosts only the time-embedding and ``time_emb_proj`` linears and the class embedding
+(S = K), and instantiates attention projections (S = 49…196 tokens) and every convolution, at b·P
+memory per layer (what Opacus holds for every layer). Embedding (V rows of width d): ghost
+b·S²·(d + 1) vs. instantiate 3·b·V·d; memory 2·S² vs V·d. GroupNorm/LayerNorm weights and all biases
+(P ≤ channels) are always instantiated — a per-example [b, C] reduction of g·x̂ or g — since their
+ghost norm would cost b·S².
 
 Precision: all norm, weight and sum arithmetic runs in float32, or float64 when the parameters are
 float64 — activations and output gradients recorded under bf16 autocast are cast first, and autocast
@@ -76,6 +85,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 Path = Literal["auto", "ghost", "instantiate"]
+# How "auto" chooses between the two (module docstring): the smaller memory or the fewer multiply-adds.
+Rule = Literal["memory", "time"]
+RULES = ("memory", "time")
 # Turns per-example weights [b] into the weighted sum Σ_i w_i g_i of one parameter.
 WeightedSum = Callable[[torch.Tensor], torch.Tensor]
 
@@ -143,13 +155,23 @@ class _Layer:
     def shape(self, attr: str) -> torch.Size:
         return getattr(self.module, attr).shape
 
-    def per_example(self, batch: int, path: Path) -> tuple[torch.Tensor, dict[str, WeightedSum]]:
-        """Squared per-example gradient norms [b] of the trainable parameters, and their weighted sums."""
+    def per_example(self, batch: int, path: str) -> tuple[torch.Tensor, dict[str, WeightedSum]]:
+        """Squared per-example gradient norms [b] of the trainable parameters, and their weighted sums;
+        ``path``: "ghost", "instantiate" or the :data:`Rule` that chooses (:meth:`use_ghost`)."""
         raise NotImplementedError
 
-    def use_ghost(self, path: Path, ghost_cost: int, instantiate_cost: int) -> bool:
-        ghost = path == "ghost" or (path == "auto" and ghost_cost < instantiate_cost)
+    def use_ghost(self, path: str, positions: int, params: int, ghost_time: int, instantiate_time: int) -> bool:
+        """Decide this layer's weight path: ``path`` is "ghost", "instantiate", or a :data:`Rule` choosing
+        between them — memory: 2·S² < P (two [S, S] Gram matrices vs P per example); time: multiply-adds."""
+        if path == "memory":
+            ghost = 2 * positions**2 < params
+        elif path == "time":
+            ghost = ghost_time < instantiate_time
+        else:
+            ghost = path == "ghost"
         self.weight_path = "ghost" if ghost else "instantiate"
+        if ghost:
+            self.release_workspace()  # a layer that went ghost keeps no per-example buffer
         return ghost
 
     def workspace(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -180,7 +202,7 @@ class _LinearLayer(_Layer):
             norms, sums["bias"] = norms + _squared_norms(bias), _per_example_sum(bias)
         if "weight" in self.trainable:
             positions, params = sum(ai.shape[1] for ai in a), d_in * d_out
-            if self.use_ghost(path, positions**2 * (d_in + d_out + 1) + positions * params,
+            if self.use_ghost(path, positions, params, positions**2 * (d_in + d_out + 1) + positions * params,
                               positions * params + 2 * params):
                 norms = norms + _ghost_norms(torch.cat(a, 1), torch.cat(g, 1))
                 sums["weight"] = lambda w: _total((gi * w[:, None, None]).reshape(-1, d_out).T @ ai.reshape(-1, d_in)
@@ -310,7 +332,7 @@ class _Conv2dLayer(_Layer):
             layouts = [_ConvLayout(conv, c.input.to(dtype), c.output_grad.to(dtype), batch) for c in self.calls]
             positions, params = sum(lay.length for lay in layouts), conv.weight.numel()
             d_in, d_out = params // conv.out_channels, conv.out_channels
-            if self.use_ghost(path, positions**2 * (d_in + d_out + 1) + positions * params,
+            if self.use_ghost(path, positions, params, positions**2 * (d_in + d_out + 1) + positions * params,
                               positions * params + 2 * params):
                 norms = norms + self._ghost_norms(layouts)
                 sums["weight"] = self._weighted_contraction
@@ -402,14 +424,15 @@ class _EmbeddingLayer(_Layer):
         if self.module.padding_idx is not None:  # the padding row gets no gradient
             grad = grad * (index != self.module.padding_idx)[..., None]
         positions = index.shape[1]
-        if self.use_ghost(path, positions**2 * (width + 1), 3 * num_rows * width):
+        if self.use_ghost(path, positions, num_rows * width, positions**2 * (width + 1), 3 * num_rows * width):
             same_row = (index[:, :, None] == index[:, None, :]).to(self.dtype)
             norms = (same_row * torch.bmm(grad, grad.transpose(1, 2))).sum((1, 2))
             weighted = lambda w: grad.new_zeros(num_rows, width).index_add_(  # noqa: E731
                 0, index.flatten(), (grad * w[:, None, None]).reshape(-1, width))
             return norms, {"weight": weighted}
         rows = torch.arange(batch, device=index.device)[:, None].expand_as(index)
-        per_example = grad.new_zeros(batch, num_rows, width).index_put_((rows, index), grad, accumulate=True)
+        per_example = self.workspace((batch, num_rows, width), grad).zero_()
+        per_example.index_put_((rows, index), grad, accumulate=True)
         return _squared_norms(per_example), {"weight": _per_example_sum(per_example)}
 
 
@@ -430,16 +453,18 @@ class BookKeepingClipper:
     hooks go on the modules that own them directly, and record only inside :meth:`weighted_sum`.
     ``rows_per_example``: K, the consecutive batch rows that make one example. ``path`` forces the ghost or
     the instantiated per-example norm wherever a layer type offers both (for testing); ``"auto"`` chooses
-    per layer by the cost model.
+    per layer by ``rule``: ``"memory"`` (the default) or ``"time"`` (module docstring).
     """
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], rows_per_example: int = 1, *,
-                 path: Path = "auto"):
+                 path: Path = "auto", rule: Rule = "memory"):
         if rows_per_example < 1:
             raise ValueError(f"rows_per_example must be ≥ 1, not {rows_per_example}")
         if path not in ("auto", "ghost", "instantiate"):
             raise ValueError(f"path must be 'auto', 'ghost' or 'instantiate', not {path!r}")
-        self.rows_per_example, self.path = rows_per_example, path
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, not {rule!r}")
+        self.rows_per_example, self.path, self.rule = rows_per_example, path, rule
         position = {id(p): i for i, p in enumerate(params)}
         self._slots: list[Optional[tuple[_Layer, str]]] = [None] * len(params)
         self._layers: list[_Layer] = []
@@ -512,7 +537,7 @@ class BookKeepingClipper:
         for layer in self._layers:
             layer.calls = [c for c in layer.calls if c.output_grad is not None]  # unused outputs contribute 0
             if layer.calls:
-                layer_norms, layer_sums[layer] = layer.per_example(batch, self.path)
+                layer_norms, layer_sums[layer] = layer.per_example(batch, self.rule if self.path == "auto" else self.path)
                 norms_sq += layer_norms
         norms = norms_sq.sqrt()
         weights = weights_fn(norms)

@@ -129,6 +129,7 @@ def run_profile(*, targets: list[ProfileTarget], methods: list[tuple[str, str, d
                     noise_multiplicity=noise_multiplicity, modes=(mode,))) for mode in ("dp", "nonprivate")}
     return Profile(source=source, image_size=targets[0].image_shape[-1] if len(targets) == 1 else None,
                    noise_multiplicity=noise_multiplicity, grad_sample_mode=training.grad_sample_mode,
+                   bookkeeping_rule=training.bookkeeping_rule if training.grad_sample_mode == "bookkeeping" else None,
                    entries=entries, max_batch_size=max_batch, **provenance(device))
 
 
@@ -184,6 +185,8 @@ def profile_command(args) -> Path:
         multiplicity = 1
     if getattr(args, "grad_sample_mode", None):
         training = training.model_copy(update={"grad_sample_mode": args.grad_sample_mode})
+    if getattr(args, "bookkeeping_rule", None):
+        training = training.model_copy(update={"bookkeeping_rule": args.bookkeeping_rule})
     profile = run_profile(targets=targets, methods=methods, batch_sizes=batch_sizes, device=device, steps=args.steps,
                           source=source, training=training, find_max=args.find_max_batch,
                           noise_multiplicity=multiplicity)
