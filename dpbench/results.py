@@ -255,6 +255,7 @@ class ProfileEntry(Record):
         None, description="weights + optimizer + EMA + the engine's buffers held between steps + the step's peak")
     memory_kind: Optional[str] = None
     memory_breakdown: dict[str, int] = Field(default_factory=dict)
+    energy_per_step_joules: Optional[float] = Field(None, description="NVML energy of one step (CUDA, when asked)")
     trainable_params: Optional[int] = None
     total_params: Optional[int] = None
     error: Optional[str] = Field(None, description="why this setting could not be measured (e.g. out of memory)")
