@@ -428,3 +428,23 @@ def test_a_tensor_changed_in_place_after_the_call_is_refused(changed):
     clipper = BookKeepingClipper(model, list(model.parameters()))
     with pytest.raises(RuntimeError, match=f"its {changed} was modified in place"):
         clipper.weighted_sum(rows_losses(model, torch.randn(2, 3), 1), lambda n: torch.ones_like(n))
+
+
+def test_layers_are_finished_during_the_backward_and_release_their_tensors():
+    """Each instantiated layer frees its recorded inputs and output gradients as soon as its per-example
+    gradients exist, in the backward, as a non-private backward frees its activations: when any layer is
+    finished, no earlier-finished instantiated layer still holds a tensor (all held at once took bias-only
+    DP to 1.9× the non-private memory)."""
+    case = UNetCase("full", rows_per_example=1)
+    clipper = BookKeepingClipper(case.model, case.params, 1)
+    finished, still_held = [], []
+    for layer in clipper._layers:
+        def spy(batch, path, layer=layer, per_example=layer.per_example):
+            still_held.extend(f.name for f in finished if f.weight_path != "ghost" and f.calls)
+            out = per_example(batch, path)
+            finished.append(layer)
+            return out
+        layer.per_example = spy
+    clipper.weighted_sum(case.losses, lambda n: torch.ones_like(n))
+    assert len(finished) == len(clipper._layers) and not still_held
+    assert {layer.weight_path for layer in finished if layer.weight_path} == {"ghost", "instantiate"}
