@@ -10,6 +10,8 @@ on two settings (issue 20):
   ≤ 1.15×, LoDA's DP total ≤ 0.5× full's DP total;
 - ``small``: 1.2M parameters, 28×28×1, physical batch 32 — targets: every PEFT method ≤ 1.15×.
 
+One warm-up step, then one measured step per probe (a step's peak repeats to ~1% in one process).
+
 FAIL when a ratio exceeds its baseline by more than ``TOLERANCE`` (5%), or exceeds its target where the
 baseline met it. A target the baseline misses is printed as missed, not asserted: the baseline records
 where the engine stands, and the test fails as soon as it gets worse. Book-keeping's per-layer rule is
@@ -50,7 +52,7 @@ def total_peak(model, method: str, private: bool, setting: str, rule: str = "mem
     probe = StepProbe(model, METHODS.get(method)(), 10, make_noise_scheduler(), training, "cpu", batch=batch,
                       private=private, image_shape=(channels, size, size), warmup=1)
     try:
-        return probe.memory()["total_peak_memory_bytes"]
+        return probe.memory(steps=1)["total_peak_memory_bytes"]
     finally:
         probe.close()
 
