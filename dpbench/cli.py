@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default="8,32", help="comma-separated physical batch sizes")
     p.add_argument("--steps", type=int, default=6, help="timed steps per setting (after 2 warm-up steps)")
     p.add_argument("--grad-sample-mode", help="override the per-example gradient engine")
+    p.add_argument("--bookkeeping-rule", choices=["memory", "time"], help="override training.bookkeeping_rule")
     p.add_argument("--results-dir", default="results", help="where the default output file goes")
     p.add_argument("--out", default=None, help="profile JSON path (default results/profile-<presets>.json)")
     p.add_argument("--find-max-batch", action="store_true", help="CUDA only: also search the largest batch that fits")

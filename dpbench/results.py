@@ -264,6 +264,7 @@ class ProfileEntry(Record):
         None, description="weights + optimizer + EMA + the engine's buffers held between steps + the step's peak")
     memory_kind: Optional[str] = None
     memory_breakdown: dict[str, int] = Field(default_factory=dict)
+    energy_per_step_joules: Optional[float] = Field(None, description="NVML energy of one step (CUDA, when asked)")
     trainable_params: Optional[int] = None
     total_params: Optional[int] = None
     error: Optional[str] = Field(None, description="why this setting could not be measured (e.g. out of memory)")
@@ -278,6 +279,7 @@ class Profile(Provenance):
     image_size: Optional[int] = None
     noise_multiplicity: int = 1
     grad_sample_mode: Optional[str] = None
+    bookkeeping_rule: Optional[str] = Field(None, description="bookkeeping's per-layer rule: memory or time")
     entries: list[ProfileEntry] = Field(default_factory=list)
     max_batch_size: dict[str, dict[str, Optional[int]]] = Field(default_factory=dict, description="GPU only")
 

@@ -193,6 +193,9 @@ class TrainingSettings(Strict):
     grad_sample_mode: Literal["bookkeeping", "hooks", "functorch"] = Field(
         default="bookkeeping", description="per-example clipping engine: bookkeeping (ghost norms and one weighted "
                                            "contraction), or Opacus' hooks / functorch; each verified by `dpbench selfcheck`")
+    bookkeeping_rule: Literal["memory", "time"] = Field(
+        default="memory", description="bookkeeping: per layer, ghost norm or instantiated per-example gradients by "
+                                      "the smaller memory (ghost where 2·S² < P, as fastDP) or the fewer multiply-adds")
     label_dropout: float = Field(default=0.0, ge=0, lt=1, description="p of training the null class, for guidance")
     mixed_precision: Literal["auto", "bf16", "no"] = Field(
         default="auto", description="auto: bf16 autocast where CUDA supports it; bf16: also on CPU; no: fp32")

@@ -7,7 +7,7 @@ return the weighted sum. Norms, weights and sums are float32 or wider, whatever 
 
 - ``bookkeeping`` (the default): dpbench/engine/bookkeeping.py — one forward, one backward of output
   gradients only, per-example norms by ghost norm or an unfold-free per-example gradient chosen per
-  layer by cost, and the clipped sum as one weighted contraction per layer (Bu et al.'s book-keeping);
+  layer by memory (default) or by time (``training.bookkeeping_rule``), and the clipped sum as one weighted contraction per layer (Bu et al.'s book-keeping);
 - ``hooks`` / ``functorch``: Opacus' grad-sample hooks (with dpbench's registered channels_last conv
   fix, dpbench/privacy/grad_samplers.py) materialise every per-example gradient, B × P (convolutions
   through ``unfold``).
@@ -111,11 +111,12 @@ class OpacusBackend:
         self.hooks.remove_hooks()
 
 
-def make_backend(mode: str, model: nn.Module, named_params, rows_per_example: int) -> ClippingBackend:
+def make_backend(mode: str, model: nn.Module, named_params, rows_per_example: int,
+                 bookkeeping_rule: str = "memory") -> ClippingBackend:
     if mode == "bookkeeping":
         from dpbench.engine.bookkeeping import BookKeepingClipper
 
-        return BookKeepingClipper(model, [p for _, p in named_params], rows_per_example)
+        return BookKeepingClipper(model, [p for _, p in named_params], rows_per_example, rule=bookkeeping_rule)
     if mode in ("hooks", "functorch"):
         return OpacusBackend(model, named_params, rows_per_example, functorch=mode == "functorch")
     raise ValueError(f"unknown grad_sample_mode {mode!r}")

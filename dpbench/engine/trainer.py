@@ -128,8 +128,8 @@ class DPTrainer:
         self.optimizer = self._make_optimizer()
         self.distributed = distributed
         self.ema = [p.detach().clone() for p in self.params] if training.ema_decay is not None and self._is_root() else None
-        self.backend = make_backend(training.grad_sample_mode, model, self.named_params,
-                                    step.noise_multiplicity) if step.private else None
+        self.backend = make_backend(training.grad_sample_mode, model, self.named_params, step.noise_multiplicity,
+                                    training.bookkeeping_rule) if step.private else None
         self.clipper = Clipper(step.clipping, step.expected_batch_size)
         self.physical_batch_size = step.physical_batch_size  # halved when a chunk runs out of memory
         # The mechanism's randomness — who is sampled, and the noise — is secret (OS entropy) unless

@@ -97,7 +97,8 @@ def max_batch_rows(profile: Profile) -> list[list[str]]:
 def format_profile(profile: Profile) -> str:
     """The terminal view of one profile: its source and device, the pairs, and the largest batches."""
     lines = [f"profile of {profile.source} on {profile.device or 'unknown device'}"
-             f" ({profile.grad_sample_mode or 'default'} per-example gradients, K = {profile.noise_multiplicity})",
+             f" ({profile.grad_sample_mode or 'default'} per-example gradients"
+             f"{f', {profile.bookkeeping_rule} rule' if profile.bookkeeping_rule else ''}, K = {profile.noise_multiplicity})",
              text_table(PROFILE_HEADERS, profile_rows(profile))]
     if profile.max_batch_size:
         lines.append(text_table(("method", "max batch (DP)", "max batch (non-private)"), max_batch_rows(profile)))

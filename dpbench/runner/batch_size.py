@@ -60,7 +60,8 @@ def auto_batch_key(ctx: RunContext, planned: PlannedRun) -> dict:
         "model": model.preset or model.pretrained, "image_shape": list(ctx.train[0].shape[1:]),
         "num_classes": ctx.num_classes, "noise_multiplicity": step.noise_multiplicity, "private": step.private,
         "optimizer": training.optimizer, "ema": training.ema_decay is not None,
-        "grad_sample_mode": training.grad_sample_mode, "mixed_precision": training.mixed_precision,
+        "grad_sample_mode": training.grad_sample_mode, "bookkeeping_rule": training.bookkeeping_rule,
+        "mixed_precision": training.mixed_precision,
         "limit": step.expected_batch_size,
     }
 

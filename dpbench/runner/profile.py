@@ -40,8 +40,11 @@ class ProfileTarget:
 
 
 def measure_pair(target: ProfileTarget, label: str, method_name: str, options: dict, batch: int, device, training,
-                 steps: int = 6, noise_multiplicity: int = 1, modes=("nonprivate", "dp")) -> list[ProfileEntry]:
-    """DP and non-private entries for one method and batch; their timed steps interleaved."""
+                 steps: int = 6, noise_multiplicity: int = 1, modes=("nonprivate", "dp"),
+                 energy_steps: int = 0) -> list[ProfileEntry]:
+    """DP and non-private entries for one method and batch; their timed steps interleaved. With
+    ``energy_steps`` on CUDA, each mode then runs that many steps in a block of its own for NVML's energy
+    counter (which cannot split interleaved steps)."""
     from dpbench.engine.measure import StepProbe, time_interleaved
     from dpbench.models.diffusion import make_noise_scheduler
     from dpbench.registry import METHODS
@@ -55,6 +58,7 @@ def measure_pair(target: ProfileTarget, label: str, method_name: str, options: d
                                     noise_multiplicity=noise_multiplicity, warmup=2))
         memory = [probe.memory() for probe in probes]
         timing = time_interleaved(probes, steps) if steps else [{}] * len(probes)
+        energy = [_energy_per_step(probe, energy_steps) for probe in probes]
         trainable = sum(p.numel() for p in probes[0].trainer.params)
         total = sum(p.numel() for p in probes[0].trainer.model.parameters())
     finally:
@@ -63,8 +67,20 @@ def measure_pair(target: ProfileTarget, label: str, method_name: str, options: d
     return [ProfileEntry(method=method_name, method_label=label, mode=mode, physical_batch_size=batch,
                          preset=target.preset, image_size=target.image_shape[-1],
                          grad_sample_mode=training.grad_sample_mode, trainable_params=trainable, total_params=total,
-                         **{k: v for k, v in m.items() if k != "reserved_memory_bytes"}, **t)
-            for mode, m, t in zip(modes, memory, timing)]
+                         energy_per_step_joules=e, **{k: v for k, v in m.items() if k != "reserved_memory_bytes"}, **t)
+            for mode, m, t, e in zip(modes, memory, timing, energy)]
+
+
+def _energy_per_step(probe, steps: int) -> float | None:
+    from dpbench.engine.telemetry import GpuTelemetry
+
+    if not steps or probe.device.type != "cuda":
+        return None
+    telemetry = GpuTelemetry(probe.device)
+    with telemetry.phase("steps"):
+        for _ in range(steps):
+            probe.trainer.train_step()
+    return telemetry.energy_joules / steps if telemetry.energy_joules is not None else None
 
 
 def _fits(run, batch: int) -> bool:
@@ -129,6 +145,7 @@ def run_profile(*, targets: list[ProfileTarget], methods: list[tuple[str, str, d
                     noise_multiplicity=noise_multiplicity, modes=(mode,))) for mode in ("dp", "nonprivate")}
     return Profile(source=source, image_size=targets[0].image_shape[-1] if len(targets) == 1 else None,
                    noise_multiplicity=noise_multiplicity, grad_sample_mode=training.grad_sample_mode,
+                   bookkeeping_rule=training.bookkeeping_rule if training.grad_sample_mode == "bookkeeping" else None,
                    entries=entries, max_batch_size=max_batch, **provenance(device))
 
 
@@ -184,6 +201,8 @@ def profile_command(args) -> Path:
         multiplicity = 1
     if getattr(args, "grad_sample_mode", None):
         training = training.model_copy(update={"grad_sample_mode": args.grad_sample_mode})
+    if getattr(args, "bookkeeping_rule", None):
+        training = training.model_copy(update={"bookkeeping_rule": args.bookkeeping_rule})
     profile = run_profile(targets=targets, methods=methods, batch_sizes=batch_sizes, device=device, steps=args.steps,
                           source=source, training=training, find_max=args.find_max_batch,
                           noise_multiplicity=multiplicity)
