@@ -316,6 +316,8 @@ def cmd_audit(args) -> int:
         why = []
         if r.epsilon_lower_bound > r.epsilon:
             why.append(f"ε_low {r.epsilon_lower_bound:.3f} > ε {r.epsilon:g}")
+        if r.fdp_refutes_claim:
+            why.append(f"the guesses refute the claimed trade-off curve (f-DP μ_low {r.mu_lower_bound:.3f})")
         if r.replay is not None and not r.replay.get("passed", True):
             why.append("the replay sensitivity check failed")
         print(f"dpbench: audit failed: {r.run_id}{f' ({r.fault})' if r.fault else ''}: {'; '.join(why)}",

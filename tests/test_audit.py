@@ -228,6 +228,7 @@ def test_injected_faults_push_eps_low_above_a_small_epsilon(small_audit_setting,
         epsilon_spent("prv", [(step.noise_multiplier, out.step.sample_rate, step.steps)], budget.delta), rel=1e-3)
     if fault is None:
         assert out.eps_low <= budget.epsilon and out.replay.passed and out.passed(budget.epsilon)
+        assert not out.family.refutes_claim and out.family.claimed is not None
     else:
         assert out.eps_low > budget.epsilon and not out.passed(budget.epsilon), out.family.bounds
     if fault == "repeated-noise":  # only a rule that ignores repeated noise sees it
@@ -262,10 +263,12 @@ def test_cli_writes_audit_json_and_exits_1_on_an_injected_fault(tmp_path):
     audit = read_model(folder / "audit.json", AuditResult)
     assert audit.passed and audit.fault is None and audit.epsilon == 2 and audit.canaries == 60
     assert audit.epsilon_lower_bound <= 2 and audit.replay["passed"] and audit.replay["canary_checks"] >= 1
-    assert {t.name for t in audit.threat_models} == {"final-weights", "all-steps"} and audit.candidates == 9
+    assert {t.name for t in audit.threat_models} == {"final-weights", "all-steps"} and audit.candidates == 18
     assert audit.population == 40 + audit.canaries_included == 40 + audit.secret_in.count("1")
     assert audit.sample_rate == pytest.approx(32 / audit.population) and audit.steps == 4
     assert audit.epsilon_audited_mechanism <= 2
+    assert audit.claimed_curve.startswith("prv privacy profile") and audit.fdp_refutes_claim is False
+    assert 0 <= audit.mu_lower_bound and audit.claimed_mu_clt > 0
     assert not (tmp_path / "results" / "micro-audit" / "runs" / "bias-epsinf-seed0").exists()
 
     assert main(["audit", *common, "--inject", "no-clip"]) == 1

@@ -51,11 +51,38 @@ class RepeatedNoise(DPTrainer):
         return self._first_noise[i].clone()
 
 
+class _HalvedNormsBackend:
+    """Wraps a clipping backend: the clipping rule is handed every per-example norm halved."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def weighted_sum(self, loss_fn, weights_fn):
+        sums, norms, losses = self.inner.weighted_sum(loss_fn, lambda n: weights_fn(0.5 * n))
+        return sums, 0.5 * norms, losses
+
+    def __getattr__(self, name):  # discard, held_bytes, remove, disable, enable: the real backend's
+        return getattr(self.inner, name)
+
+
+class HalvedNorms(DPTrainer):
+    """The engine's per-example norms come out halved (a wrong norm: a ghost-norm or reduction bug): the
+    clipping weights double, so an example contributes ≈ 2·S under automatic clipping (up to 2·C under
+    fixed C) while the noise is sized for S. Only what goes through the engine is affected: the audit
+    sees it with ``--canary-kind engine`` canaries and in the replay check."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.backend is not None:
+            self.backend = _HalvedNormsBackend(self.backend)
+
+
 FAULTS: dict[str, type[DPTrainer]] = {
     "low-noise": LowNoise,
     "no-clip": NoClip,
     "realised-divisor": RealisedDivisor,
     "repeated-noise": RepeatedNoise,
+    "halved-norms": HalvedNorms,
 }
 
 
