@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from dpbench.audit.canaries import GradientCanaries
+from dpbench.audit.canaries import EngineCanaries, GradientCanaries
 from dpbench.audit.replay import ReplayCheck
 from dpbench.audit.run import audit_training, audited_step
 from dpbench.audit.scoring import RULES, family_bound, guess_grid, spike_energy
@@ -86,6 +86,32 @@ def test_canaries_are_poisson_sampled_and_clipped_like_examples():
         released = tr.compute_step_gradient(torch.tensor([n + 5]))
         flat = canaries.flatten(released) * batch
         assert torch.allclose(flat, norm * canaries.direction(j), atol=1e-6 * norm), fault
+
+
+@pytest.mark.parametrize("method", ["bias", "lora"])
+@pytest.mark.parametrize("grad_sample_mode", ["bookkeeping", "hooks"])
+def test_engine_canaries_get_their_norm_and_weight_from_the_engine(method, grad_sample_mode):
+    """An engine canary's gradient is v_j = 10·C·d_j on its class-embedding row, computed by the trainer's
+    backend: the real loop releases C·d_j (clipped), no-clip 10·C·d_j, and a backend whose norms are
+    halved 2·C·d_j — the wrong norm reaches the canary, where the scores see it."""
+    n, m, batch = 8, 30, 16
+    images, labels = _data(n)
+    coins = np.arange(m) % 2 == 0
+    step = audited_step(_step(n, batch, 3, sigma=0.0), int(coins.sum()))
+    for fault, norm in ((None, C), ("no-clip", 10 * C), ("halved-norms", 2 * C)):
+        model = _model(method)
+        params = [p for p in model.parameters() if p.requires_grad]
+        canaries = EngineCanaries(params, m, norm=10 * C, seed=3, embedding=model.class_embedding, secret_in=coins)
+        tr = trainer_class(fault)(model, make_noise_scheduler(), images, labels, step,
+                                  _settings(grad_sample_mode=grad_sample_mode), 0, "cpu", canaries=canaries)
+        for pos in (0, 7):  # canaries on different embedding rows
+            j = int(canaries.included[pos])
+            flat = canaries.flatten(tr.compute_step_gradient(torch.tensor([n + pos]))) * batch
+            assert torch.allclose(flat, norm * canaries.direction(j), atol=1e-5 * norm), (fault, j)
+        tr.finish()
+    d = torch.stack([canaries.direction(j) for j in range(m)])
+    assert torch.allclose(d.norm(dim=1), torch.ones(m), atol=1e-6)
+    assert (d[:, canaries.index[0].min():canaries.index.max() + 1] != 0).sum(1).eq(model.class_embedding.weight.shape[1]).all()
 
 
 def test_canary_directions_are_unit_and_orthonormal_when_cheap():

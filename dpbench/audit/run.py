@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dpbench.audit.bound import DEFAULT_CONFIDENCE
-from dpbench.audit.canaries import DEFAULT_MAX_ELEMENTS, GradientCanaries
+from dpbench.audit.canaries import DEFAULT_MAX_ELEMENTS, EngineCanaries, GradientCanaries
 from dpbench.audit.fdp import claimed_curve
 from dpbench.audit.replay import ReplayCheck
 from dpbench.audit.scoring import RULES, THREAT_MODELS, FamilyBound, ReleaseRecorder, canary_scores, family_bound
@@ -92,9 +92,14 @@ def audit_training(model, scheduler, images: torch.Tensor, labels: torch.Tensor,
     cls = trainer_class(fault)
     params = [p for p in model.parameters() if p.requires_grad]
     try:
-        canary_set = GradientCanaries(params, canaries, norm=canary_norm(step, norm_multiple),
-                                      seed=derive_seed(seed, _CANARY_STREAM), kind=canary_kind, secret_in=secret_in,
-                                      max_elements=max_elements)
+        if canary_kind == "engine":
+            canary_set = EngineCanaries(params, canaries, norm=canary_norm(step, norm_multiple),
+                                        seed=derive_seed(seed, _CANARY_STREAM), embedding=model.class_embedding,
+                                        secret_in=secret_in)
+        else:
+            canary_set = GradientCanaries(params, canaries, norm=canary_norm(step, norm_multiple),
+                                          seed=derive_seed(seed, _CANARY_STREAM), kind=canary_kind,
+                                          secret_in=secret_in, max_elements=max_elements)
     except ValueError as err:  # e.g. more Dirac canaries than trainable coordinates
         raise UserError(f"--canaries {canaries} --canary-kind {canary_kind}: {err}") from None
     step = audited_step(step, canary_set.num_included)
