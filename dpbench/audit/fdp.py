@@ -49,6 +49,8 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import special
 
+from dpbench.audit.bound import largest_rejected
+
 InverseBlowUp = Callable[[float], float]
 
 # A δ grid for the claimed curve: 1e-12 … 0.9, 24 points (each one accountant call, 0.1–0.6 s on a core).
@@ -114,17 +116,8 @@ def claim_refuted(m: int, r: int, v: int, inverse_blow_up: InverseBlowUp, signif
 def mu_lower_bound(m: int, r: int, v: int, significance: float) -> float:
     """Largest μ (to 1e-4, the lower end of the bracket) whose Gaussian curve the guesses refute; 0 if none."""
     refuted = lambda mu: claim_refuted(m, r, v, gaussian_inverse_blow_up(mu), significance)  # noqa: E731
-    if not refuted(0.0):
-        return 0.0
-    low, high = 0.0, 1.0
-    while refuted(high):
-        low, high = high, 2 * high
-        if high > _MU_CAP:
-            return low
-    while high - low > _MU_TOLERANCE:
-        middle = 0.5 * (low + high)
-        low, high = (middle, high) if refuted(middle) else (low, middle)
-    return low
+    mu_low = largest_rejected(refuted, _MU_TOLERANCE, _MU_CAP)
+    return _MU_CAP if mu_low is None else mu_low
 
 
 @dataclass(frozen=True)
