@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-sample-mode", default="bookkeeping", choices=["bookkeeping", "hooks", "functorch"],
                    help="the per-example clipping engine to check (default: bookkeeping, the default engine)")
     p.add_argument("--inject", metavar="FAULT", help="check a deliberately broken loop (must FAIL): "
-                   "low-noise, no-clip, realised-divisor, repeated-noise, halved-norms")
+                   "low-noise, no-clip, realised-divisor, repeated-noise, halved-norms, tenth-norms")
 
     p = sub.add_parser("audit", help="one-run privacy audit of a suite's runs with gradient canaries; exit 1 if a lower "
                        "bound on ε exceeds the claimed ε (or the replay sensitivity check fails)")
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="canary gradient direction: a random unit vector (default), one coordinate, or engine: "
                         "entered through the class embedding so the engine under audit computes norm and weight")
     p.add_argument("--inject", metavar="FAULT", help="audit a deliberately broken loop (must FAIL): "
-                   "low-noise, no-clip, realised-divisor, repeated-noise, halved-norms — see docs/audit.md")
+                   "low-noise, no-clip, realised-divisor, repeated-noise, halved-norms, tenth-norms — see docs/audit.md")
     p.add_argument("--results-dir", default="results",
                    help="results root (default results/); writes DIR/<suite>/runs/<run_id>/audit[-FAULT].json")
     _add_common(p)

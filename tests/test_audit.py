@@ -80,7 +80,8 @@ def test_canaries_are_poisson_sampled_and_clipped_like_examples():
     # One step whose batch is a single canary, without noise: the released gradient × B is that canary's
     # gradient clipped by the trainer's rule — C·d_j, not its raw 10·C·d_j — and NoClip lets the 10·C through.
     j = int(canaries.included[5])
-    for fault, norm in ((None, C), ("no-clip", 10 * C)):
+    # A gradient canary's norm is set, not computed: an engine whose norms are wrong does not touch it.
+    for fault, norm in ((None, C), ("no-clip", 10 * C), ("halved-norms", C)):
         tr = trainer_class(fault)(_model(), make_noise_scheduler(), images, labels, step, _settings(), 0, "cpu",
                                   canaries=canaries)
         released = tr.compute_step_gradient(torch.tensor([n + 5]))
@@ -93,12 +94,12 @@ def test_canaries_are_poisson_sampled_and_clipped_like_examples():
 def test_engine_canaries_get_their_norm_and_weight_from_the_engine(method, grad_sample_mode):
     """An engine canary's gradient is v_j = 10·C·d_j on its class-embedding row, computed by the trainer's
     backend: the real loop releases C·d_j (clipped), no-clip 10·C·d_j, and a backend whose norms are
-    halved 2·C·d_j — the wrong norm reaches the canary, where the scores see it."""
+    halved 2·C·d_j (a tenth: 10·C·d_j) — the wrong norm reaches the canary, where the scores see it."""
     n, m, batch = 8, 30, 16
     images, labels = _data(n)
     coins = np.arange(m) % 2 == 0
     step = audited_step(_step(n, batch, 3, sigma=0.0), int(coins.sum()))
-    for fault, norm in ((None, C), ("no-clip", 10 * C), ("halved-norms", 2 * C)):
+    for fault, norm in ((None, C), ("no-clip", 10 * C), ("halved-norms", 2 * C), ("tenth-norms", 10 * C)):
         model = _model(method)
         params = [p for p in model.parameters() if p.requires_grad]
         canaries = EngineCanaries(params, m, norm=10 * C, seed=3, embedding=model.class_embedding, secret_in=coins)
