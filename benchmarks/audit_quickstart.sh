@@ -8,10 +8,10 @@
 # RESULTS_ROOT/<suite name>/). Environment:
 #   AUDIT_EPS=10            the ε whose runs are audited without a fault (must pass: exit 0)
 #   AUDIT_FAULT_EPS=2       the ε the negative controls run at (each must fail: exit 1). With δ = 1e-4
-#                           no one-run audit can certify ε_low above ≈ 3.7 (docs/audit.md), so a fault
-#                           can only be caught at a claimed ε below that.
+#                           the (ε, δ) bound cannot certify ε_low above ≈ 3.7 (docs/audit.md); the
+#                           f-DP audit can refute ε = 10 too (AUDIT_FAULT_EPS=10), for gross leaks only.
 #   AUDIT_CANARIES=1000     canaries per audited run
-#   AUDIT_FAULTS="low-noise no-clip realised-divisor repeated-noise"
+#   AUDIT_FAULTS="low-noise no-clip realised-divisor repeated-noise halved-norms"
 #   AUDIT_SKIP_RUNS=1       do not train the suite's own runs (no run+eval time column)
 #   PYTHON=python           the interpreter (dpbench importable)
 # Every ε must be one of the suite's. Exit 0 when every verdict is as expected.
@@ -21,7 +21,7 @@ ROOT=${2:-results-audit}
 EPS=${AUDIT_EPS:-10}
 FAULT_EPS=${AUDIT_FAULT_EPS:-2}
 CANARIES=${AUDIT_CANARIES:-1000}
-FAULTS=${AUDIT_FAULTS:-"low-noise no-clip realised-divisor repeated-noise"}
+FAULTS=${AUDIT_FAULTS:-"low-noise no-clip realised-divisor repeated-noise halved-norms"}
 PY=${PYTHON:-python}
 NAME=$($PY -c "import sys; from dpbench.config.suite import load_suite, resolve_suite_path; print(load_suite(resolve_suite_path(sys.argv[1])).name)" "$SUITE") || exit 2
 status=0

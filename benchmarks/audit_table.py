@@ -2,7 +2,9 @@
 
     python benchmarks/audit_table.py RESULTS/<suite>
 
-One row per audit: claimed ε, ε_low per threat model with correct / guesses, the replay verdict, the
+One row per audit: the canary kind, claimed ε, ε_low per threat model with correct / guesses, the
+f-DP audit (μ_low with its correct / guesses, the CLT μ of the audited run — an estimate — and whether
+the guesses refute the claimed curve, the accountant's privacy profile), the replay verdict, the
 audit's wall time next to the run's own train + sample + evaluation time (when the run was made), and
 the verdict against what is expected (a fault must fail, the real loop must pass). Then, per audit
 that failed on its bound, the smallest canary count at which the same guess accuracy would still
@@ -25,6 +27,20 @@ def _cell(t) -> str:
     return f"{t.eps_low:.2f} ({t.correct}/{t.guesses}{', ' + t.rule if t.rule else ''})"
 
 
+def _mu_cell(audit) -> str:
+    """μ_low and the correct / guesses of the threat model's f-DP candidate that reached it."""
+    if audit.mu_lower_bound is None:
+        return "—"
+    best = max((t for t in audit.threat_models if t.mu_low is not None), key=lambda t: t.mu_low)
+    return f"{audit.mu_lower_bound:.2f} ({best.fdp_correct}/{best.fdp_guesses} {best.name})"
+
+
+def _claim_cell(audit) -> str:
+    if audit.fdp_refutes_claim is None:
+        return "—"
+    return "REFUTED" if audit.fdp_refutes_claim else "stands"
+
+
 def _needed(audit) -> str:
     """Smallest m of CANARY_COUNTS whose bound, at the observed accuracy and guessed fraction, exceeds ε."""
     best = max(audit.threat_models, key=lambda t: t.eps_low)
@@ -45,9 +61,9 @@ def main(results_dir: str) -> int:
     if not audits:
         print(f"no audit*.json under {folder}/runs", file=sys.stderr)
         return 2
-    print("| run | fault | ε | ε_low final-weights | ε_low all-steps | replay (max B·Δ/S) | audit s | run+eval s "
-          "| verdict | expected | canaries needed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | fault | canaries | ε | ε_low final-weights | ε_low all-steps | μ_low | CLT μ | claimed curve "
+          "| replay (max B·Δ/S) | audit s | run+eval s | verdict | expected | canaries needed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     ok = True
     for a in sorted(audits, key=lambda a: (a.fault or "", a.epsilon, a.method_label)):
         models = {t.name: t for t in a.threat_models}
@@ -64,10 +80,11 @@ def main(results_dir: str) -> int:
         expected = "passed" if a.fault is None else "FAILED"
         verdict = "passed" if a.passed else "FAILED"
         ok &= verdict == expected
-        print(f"| {a.run_id} | {a.fault or 'none'} | {format_epsilon(a.epsilon)} | "
+        print(f"| {a.run_id} | {a.fault or 'none'} | {a.canaries} {a.canary_kind or ''} | {format_epsilon(a.epsilon)} | "
               f"{_cell(models['final-weights']) if 'final-weights' in models else '—'} | "
-              f"{_cell(models['all-steps']) if 'all-steps' in models else '—'} | {replay_cell} | {a.seconds:.0f} | "
-              f"{run_seconds or '—'} | {verdict} | {expected} | {_needed(a)} |")
+              f"{_cell(models['all-steps']) if 'all-steps' in models else '—'} | {_mu_cell(a)} | "
+              f"{'—' if a.claimed_mu_clt is None else f'{a.claimed_mu_clt:.2f}'} | {_claim_cell(a)} | {replay_cell} | "
+              f"{a.seconds:.0f} | {run_seconds or '—'} | {verdict} | {expected} | {_needed(a)} |")
     delta, k = audits[0].delta, audits[0].candidates or 1
     confidence = 1 - (1 - audits[0].confidence) / k
     caps = ", ".join(f"m={m}: {max(epsilon_lower_bound(m, r, r, delta, confidence) for r in (m // 2, 3 * m // 4, m)):.2f}"

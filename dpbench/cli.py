@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-sample-mode", default="bookkeeping", choices=["bookkeeping", "hooks", "functorch"],
                    help="the per-example clipping engine to check (default: bookkeeping, the default engine)")
     p.add_argument("--inject", metavar="FAULT", help="check a deliberately broken loop (must FAIL): "
-                   "low-noise, no-clip, realised-divisor, repeated-noise")
+                   "low-noise, no-clip, realised-divisor, repeated-noise, halved-norms, tenth-norms")
 
     p = sub.add_parser("audit", help="one-run privacy audit of a suite's runs with gradient canaries; exit 1 if a lower "
                        "bound on ε exceeds the claimed ε (or the replay sensitivity check fails)")
@@ -138,10 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="restrict the runs (method=, label=, epsilon=, seed=); repeatable; ε = ∞ runs are skipped")
     p.add_argument("--canaries", type=int, default=1000, metavar="M", help="gradient canaries per run (default 1000)")
-    p.add_argument("--canary-kind", default="random", choices=("random", "dirac"),
-                   help="canary gradient direction: a random unit vector (default) or one coordinate")
+    p.add_argument("--canary-kind", default="random", choices=("random", "dirac", "engine"),
+                   help="canary gradient direction: a random unit vector (default), one coordinate, or engine: "
+                        "entered through the class embedding so the engine under audit computes norm and weight")
     p.add_argument("--inject", metavar="FAULT", help="audit a deliberately broken loop (must FAIL): "
-                   "low-noise, no-clip, realised-divisor, repeated-noise — run it at a small ε (e.g. 2), see docs/audit.md")
+                   "low-noise, no-clip, realised-divisor, repeated-noise, halved-norms, tenth-norms — see docs/audit.md")
     p.add_argument("--results-dir", default="results",
                    help="results root (default results/); writes DIR/<suite>/runs/<run_id>/audit[-FAULT].json")
     _add_set(p)
@@ -461,6 +462,8 @@ def cmd_audit(args) -> int:
         why = []
         if r.epsilon_lower_bound > r.epsilon:
             why.append(f"ε_low {r.epsilon_lower_bound:.3f} > ε {r.epsilon:g}")
+        if r.fdp_refutes_claim:
+            why.append(f"the guesses refute the claimed trade-off curve (f-DP μ_low {r.mu_lower_bound:.3f})")
         if r.replay is not None and not r.replay.get("passed", True):
             why.append("the replay sensitivity check failed")
         print(f"dpbench: audit failed: {r.run_id}{f' ({r.fault})' if r.fault else ''}: {'; '.join(why)}",

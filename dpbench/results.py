@@ -296,6 +296,12 @@ class ThreatModelResult(Record):
     rule: Optional[str] = Field(None, description="the scoring rule of the best candidate, e.g. sum, consecutive-differences")
     rules: list[str] = Field(default_factory=list, description="every scoring rule of this threat model in the family")
     observes: Optional[str] = Field(None, description="what the auditor sees under this threat model")
+    # f-DP (absent in audits before it): the candidate with the largest μ_low, a refuting one first
+    mu_low: Optional[float] = Field(None, description="largest Gaussian μ refuted by this threat model's guesses")
+    refutes_claim: Optional[bool] = Field(None, description="some candidate refutes the run's claimed trade-off curve")
+    fdp_guesses: Optional[int] = Field(None, description="r of the f-DP candidate reported")
+    fdp_correct: Optional[int] = Field(None, description="v of the f-DP candidate reported")
+    fdp_rule: Optional[str] = Field(None, description="scoring rule of the f-DP candidate reported")
 
 
 class AuditResult(Provenance):
@@ -317,12 +323,21 @@ class AuditResult(Provenance):
     epsilon_lower_bound: float = Field(description="the largest ε_low over threat models (each at its confidence)")
     confidence: float
     replay: Optional[dict[str, Any]] = Field(None, description="record/replay sensitivity check")
-    passed: bool = Field(description="ε_low ≤ ε and the replay check held")
+    passed: bool = Field(description="ε_low ≤ ε, the claimed trade-off curve not refuted, and the replay check held")
     seconds: float
     candidates: Optional[int] = Field(
-        None, description="K: (threat model, scoring rule, k₊, k₋) candidates, each audited at significance (1-confidence)/K")
+        None, description="K: tests of (threat model, scoring rule, k₊, k₋) candidates — an ε bound and, since the "
+                          "f-DP audit, an f-DP test each — every one at significance (1-confidence)/K")
+    mu_lower_bound: Optional[float] = Field(
+        None, description="f-DP: the largest Gaussian μ any candidate refutes (family-wise confidence); null before f-DP")
+    fdp_refutes_claim: Optional[bool] = Field(
+        None, description="f-DP: the guesses refute the claimed trade-off curve (claimed_curve); null before f-DP")
+    claimed_curve: Optional[str] = Field(None, description="the curve tested: the accountant's privacy profile of (σ, q, T)")
+    claimed_mu_clt: Optional[float] = Field(
+        None, description="the CLT approximation μ = q·√(T(e^{1/σ²}−1)) of the audited run: an estimate, not a bound")
     canaries_included: Optional[int] = Field(None, description="m_in: canaries whose secret coin put them in the dataset")
-    canary_kind: Optional[str] = Field(None, description="random (a random unit direction) or dirac (one coordinate)")
+    canary_kind: Optional[str] = Field(None, description="random (a random unit direction), dirac (one coordinate), or "
+                                                         "engine (entered through the class embedding's backward)")
     canary_norm: Optional[float] = Field(None, description="every canary's gradient norm (a multiple of the sensitivity)")
     canary_support: Optional[int] = Field(None, description="coordinates each canary direction lives on")
     trainable_params: Optional[int] = None

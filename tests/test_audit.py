@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from dpbench.audit.canaries import GradientCanaries
+from dpbench.audit.canaries import EngineCanaries, GradientCanaries
 from dpbench.audit.replay import ReplayCheck
 from dpbench.audit.run import audit_training, audited_step
 from dpbench.audit.scoring import RULES, family_bound, guess_grid, spike_energy
@@ -80,12 +80,39 @@ def test_canaries_are_poisson_sampled_and_clipped_like_examples():
     # One step whose batch is a single canary, without noise: the released gradient × B is that canary's
     # gradient clipped by the trainer's rule — C·d_j, not its raw 10·C·d_j — and NoClip lets the 10·C through.
     j = int(canaries.included[5])
-    for fault, norm in ((None, C), ("no-clip", 10 * C)):
+    # A gradient canary's norm is set, not computed: an engine whose norms are wrong does not touch it.
+    for fault, norm in ((None, C), ("no-clip", 10 * C), ("halved-norms", C)):
         tr = trainer_class(fault)(_model(), make_noise_scheduler(), images, labels, step, _settings(), 0, "cpu",
                                   canaries=canaries)
         released = tr.compute_step_gradient(torch.tensor([n + 5]))
         flat = canaries.flatten(released) * batch
         assert torch.allclose(flat, norm * canaries.direction(j), atol=1e-6 * norm), fault
+
+
+@pytest.mark.parametrize("method", ["bias", "lora"])
+@pytest.mark.parametrize("grad_sample_mode", ["bookkeeping", "hooks"])
+def test_engine_canaries_get_their_norm_and_weight_from_the_engine(method, grad_sample_mode):
+    """An engine canary's gradient is v_j = 10·C·d_j on its class-embedding row, computed by the trainer's
+    backend: the real loop releases C·d_j (clipped), no-clip 10·C·d_j, and a backend whose norms are
+    halved 2·C·d_j (a tenth: 10·C·d_j) — the wrong norm reaches the canary, where the scores see it."""
+    n, m, batch = 8, 30, 16
+    images, labels = _data(n)
+    coins = np.arange(m) % 2 == 0
+    step = audited_step(_step(n, batch, 3, sigma=0.0), int(coins.sum()))
+    for fault, norm in ((None, C), ("no-clip", 10 * C), ("halved-norms", 2 * C), ("tenth-norms", 10 * C)):
+        model = _model(method)
+        params = [p for p in model.parameters() if p.requires_grad]
+        canaries = EngineCanaries(params, m, norm=10 * C, seed=3, embedding=model.class_embedding, secret_in=coins)
+        tr = trainer_class(fault)(model, make_noise_scheduler(), images, labels, step,
+                                  _settings(grad_sample_mode=grad_sample_mode), 0, "cpu", canaries=canaries)
+        for pos in (0, 7):  # canaries on different embedding rows
+            j = int(canaries.included[pos])
+            flat = canaries.flatten(tr.compute_step_gradient(torch.tensor([n + pos]))) * batch
+            assert torch.allclose(flat, norm * canaries.direction(j), atol=1e-5 * norm), (fault, j)
+        tr.finish()
+    d = torch.stack([canaries.direction(j) for j in range(m)])
+    assert torch.allclose(d.norm(dim=1), torch.ones(m), atol=1e-6)
+    assert (d[:, canaries.index[0].min():canaries.index.max() + 1] != 0).sum(1).eq(model.class_embedding.weight.shape[1]).all()
 
 
 def test_canary_directions_are_unit_and_orthonormal_when_cheap():
@@ -228,6 +255,7 @@ def test_injected_faults_push_eps_low_above_a_small_epsilon(small_audit_setting,
         epsilon_spent("prv", [(step.noise_multiplier, out.step.sample_rate, step.steps)], budget.delta), rel=1e-3)
     if fault is None:
         assert out.eps_low <= budget.epsilon and out.replay.passed and out.passed(budget.epsilon)
+        assert not out.family.refutes_claim and out.family.claimed is not None
     else:
         assert out.eps_low > budget.epsilon and not out.passed(budget.epsilon), out.family.bounds
     if fault == "repeated-noise":  # only a rule that ignores repeated noise sees it
@@ -262,10 +290,12 @@ def test_cli_writes_audit_json_and_exits_1_on_an_injected_fault(tmp_path):
     audit = read_model(folder / "audit.json", AuditResult)
     assert audit.passed and audit.fault is None and audit.epsilon == 2 and audit.canaries == 60
     assert audit.epsilon_lower_bound <= 2 and audit.replay["passed"] and audit.replay["canary_checks"] >= 1
-    assert {t.name for t in audit.threat_models} == {"final-weights", "all-steps"} and audit.candidates == 9
+    assert {t.name for t in audit.threat_models} == {"final-weights", "all-steps"} and audit.candidates == 18
     assert audit.population == 40 + audit.canaries_included == 40 + audit.secret_in.count("1")
     assert audit.sample_rate == pytest.approx(32 / audit.population) and audit.steps == 4
     assert audit.epsilon_audited_mechanism <= 2
+    assert audit.claimed_curve.startswith("prv privacy profile") and audit.fdp_refutes_claim is False
+    assert 0 <= audit.mu_lower_bound and audit.claimed_mu_clt > 0
     assert not (tmp_path / "results" / "micro-audit" / "runs" / "bias-epsinf-seed0").exists()
 
     assert main(["audit", *common, "--inject", "no-clip"]) == 1

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import special, stats
@@ -134,20 +134,30 @@ def epsilon_lower_bound(
     def rejected(epsilon: float) -> bool:
         return p_value(m, r, v, epsilon, delta) < significance
 
+    eps_low = largest_rejected(rejected, _EPSILON_TOLERANCE, _EPSILON_SEARCH_CAP)
+    if eps_low is None:
+        raise RuntimeError(f"p-value stays below {significance} up to ε={_EPSILON_SEARCH_CAP}")
+    return eps_low
+
+
+def largest_rejected(rejected: Callable[[float], bool], tolerance: float, cap: float) -> float | None:
+    """sup{x ≥ 0 : rejected(x)} for a hypothesis family rejected on an interval [0, x*): doubling from 1,
+    then bisection to ``tolerance``; the lower end of the final bracket, so that value is itself
+    rejected. 0.0 when even x = 0 is not rejected; None when still rejected beyond ``cap``."""
     if not rejected(0.0):
         return 0.0
-    rejected_eps, kept_eps = 0.0, 1.0
-    while rejected(kept_eps):
-        rejected_eps, kept_eps = kept_eps, 2 * kept_eps
-        if kept_eps > _EPSILON_SEARCH_CAP:
-            raise RuntimeError(f"p-value stays below {significance} up to ε={_EPSILON_SEARCH_CAP}")
-    while kept_eps - rejected_eps > _EPSILON_TOLERANCE:
-        middle = 0.5 * (rejected_eps + kept_eps)
+    low, high = 0.0, 1.0
+    while rejected(high):
+        low, high = high, 2 * high
+        if high > cap:
+            return None
+    while high - low > tolerance:
+        middle = 0.5 * (low + high)
         if rejected(middle):
-            rejected_eps = middle
+            low = middle
         else:
-            kept_eps = middle
-    return rejected_eps
+            high = middle
+    return low
 
 
 def count_correct_guesses(

@@ -40,7 +40,7 @@ import torch
 
 from dpbench.privacy.clipping import accumulation_dtype
 
-CANARY_KINDS = ("random", "dirac")
+CANARY_KINDS = ("random", "dirac", "engine")
 DEFAULT_MAX_ELEMENTS = 2 ** 25  # 128 MiB of float32 directions at most
 ORTHONORMAL_FLOPS = 2 ** 33  # orthonormalise dense directions when the QR costs at most this (~3 s on a core)
 
@@ -59,7 +59,10 @@ class GradientCanaries:
     """
 
     def __init__(self, params: Sequence[torch.Tensor], m: int, *, norm: float, seed: int, kind: str = "random",
-                 secret_in: Optional[np.ndarray] = None, max_elements: int = DEFAULT_MAX_ELEMENTS):
+                 secret_in: Optional[np.ndarray] = None, max_elements: int = DEFAULT_MAX_ELEMENTS,
+                 directions: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+        """``directions`` (index [m, s] into the flat trainable vector, unit values [m, s]) replaces the
+        directions of ``kind`` (a subclass that chooses its own)."""
         if m < 1:
             raise ValueError(f"need at least one canary, got {m}")
         if kind not in CANARY_KINDS:
@@ -74,7 +77,11 @@ class GradientCanaries:
         self.dtype = accumulation_dtype(params[0].dtype)
         gen = torch.Generator().manual_seed(int(seed))
         self.index: Optional[torch.Tensor] = None  # [m, s] coordinates (None: dense, all D)
-        if kind == "dirac":
+        if directions is not None:
+            self.index, self.values = directions[0].int(), directions[1].to(self.dtype)
+        elif kind == "engine":
+            raise ValueError("engine canaries are built by EngineCanaries (they need the model's class embedding)")
+        elif kind == "dirac":
             if self.dim < m:
                 raise ValueError(f"{m} Dirac canaries need {m} distinct coordinates; the method trains only {self.dim}")
             self.index = torch.randperm(self.dim, generator=gen)[:m].int().unsqueeze(1)
@@ -111,8 +118,11 @@ class GradientCanaries:
     def num_included(self) -> int:
         return len(self.included)
 
-    def weighted_sum(self, canary_ids: torch.Tensor, weights_fn: Callable[[torch.Tensor], torch.Tensor]):
-        """Σ_j w_j·g_j for the sampled included canaries (positions among the included ones), and ‖g_j‖."""
+    def weighted_sum(self, canary_ids: torch.Tensor, weights_fn: Callable[[torch.Tensor], torch.Tensor], engine=None):
+        """Σ_j w_j·g_j for the sampled included canaries (positions among the included ones), and ‖g_j‖.
+
+        Gradient canaries set their norms here and ignore ``engine`` (the trainer):
+        :class:`EngineCanaries` go through it."""
         ids = self.included[canary_ids.to("cpu", torch.long)]
         self.calls.append(ids.clone())
         norms = torch.full((len(ids),), self.norm, dtype=self.dtype, device=self.device)
@@ -147,3 +157,79 @@ class GradientCanaries:
         flat = self.flatten(tensors)
         out = self.values @ flat if self._matrix is None else self._matrix @ flat
         return out.double().cpu().numpy()
+
+
+class EngineCanaries(GradientCanaries):
+    """Canaries whose per-example gradient, norm and clipping weight the engine under audit computes.
+
+    A sampled canary is a row of its own physical chunk: the model's forward on a public constant input
+    (a zero image, timestep 0, zero noise) with label ``ℓ_j``, whose per-example loss is
+    ``0·(denoising loss) + ⟨e_j, v_j⟩`` with ``e_j`` the class embedding's output for ℓ_j (a second
+    call of the embedding in the same forward) and ``v_j = norm·d_j``. The trainer's clipping backend runs that loss like any chunk's: its hooks see
+    the backprop ``v_j`` at the class embedding and zeros everywhere else, so the canary's per-example
+    gradient is exactly ``v_j`` on row ℓ_j of the embedding table — a fixed vector, whatever the
+    weights, as a gradient canary's — but its norm and its clipping weight come out of the engine (a
+    backend that halves norms doubles the canary's contribution, and the scores see it). The class
+    embedding is trainable in every method and an embedding's per-example gradient is any vector on
+    its row, which is why the canaries enter there; the price is room: directions live on the
+    (classes + 1) × width coordinates of the table (quickstart 11 × 64), m/(classes + 1) canaries
+    share each row, and they are orthonormal within a row only when that many fit (≤ width).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], m: int, *, norm: float, seed: int, embedding: torch.nn.Embedding,
+                 secret_in: Optional[np.ndarray] = None):
+        weight = embedding.weight
+        offset = 0
+        for p in params:
+            if p is weight:
+                break
+            offset += p.numel()
+        else:
+            raise ValueError("engine canaries enter through the class embedding, which this method does not train")
+        rows, width = weight.shape
+        gen = torch.Generator().manual_seed(int(seed))
+        labels = torch.arange(m) % rows
+        values = torch.randn(m, width, generator=gen, dtype=torch.float64)
+        for row in range(rows):  # orthonormal within a row when the row's canaries fit
+            members = (labels == row).nonzero().flatten()
+            if 0 < len(members) <= width:
+                values[members] = torch.linalg.qr(values[members].T)[0].T
+        values = values / values.norm(dim=1, keepdim=True)
+        index = offset + labels[:, None] * width + torch.arange(width)[None, :]
+        super().__init__(params, m, norm=norm, seed=seed, kind="engine", secret_in=secret_in,
+                         directions=(index, values))
+        self.embedding, self.labels = embedding, labels
+
+    def weighted_sum(self, canary_ids: torch.Tensor, weights_fn: Callable[[torch.Tensor], torch.Tensor], engine=None):
+        """The sampled included canaries' rows through ``engine.backend`` (the trainer's), in physical chunks."""
+        ids = self.included[canary_ids.to("cpu", torch.long)]
+        self.calls.append(ids.clone())
+        sums = [torch.zeros(shape, dtype=self.dtype, device=self.device) for shape in self.shapes]
+        norms = []
+        for start in range(0, len(ids), engine.physical_batch_size):
+            chunk = ids[start:start + engine.physical_batch_size]
+            parts, chunk_norms, _ = engine.backend.weighted_sum(self._loss_fn(engine, chunk), weights_fn)
+            for acc, g in zip(sums, parts):
+                if g is not None:
+                    acc.add_(g.to(acc.dtype))
+            norms.append(chunk_norms.to(self.dtype))
+        return sums, torch.cat(norms) if norms else torch.zeros(0, dtype=self.dtype, device=self.device)
+
+    def _loss_fn(self, engine, ids: torch.Tensor):
+        b, k = len(ids), engine.config.noise_multiplicity
+        device = engine.device
+        x = torch.zeros((b, *engine.images.shape[1:]), device=device, dtype=engine.dtype)
+        t = torch.zeros((b, k), dtype=torch.long, device=device)
+        noise = torch.zeros((b, k, *engine.images.shape[1:]), device=device, dtype=engine.dtype)
+        labels = self.labels[ids].to(device)[:, None].expand(b, k)
+        push = (self.norm * self.values[ids.to(self.device)]).to(device)  # v_j, [b, width]
+
+        def loss_fn() -> torch.Tensor:
+            denoising = engine.example_losses(x, t, noise, labels)
+            # A second call of the embedding on the same rows: a module call, so every backend's hooks see
+            # its backprop (a forward hook's copy of the first call's output would bypass Opacus' backward hook).
+            rows = self.embedding(labels.reshape(-1)).reshape(b, k, -1).to(push.dtype)
+            # each of the K rows carries v_j / K, so the example's gradient (their sum) is v_j
+            return 0.0 * denoising + (rows * push[:, None, :]).sum(-1).mean(1)
+
+        return loss_fn

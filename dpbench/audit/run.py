@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from dpbench.audit.bound import DEFAULT_CONFIDENCE
-from dpbench.audit.canaries import DEFAULT_MAX_ELEMENTS, GradientCanaries
+from dpbench.audit.canaries import DEFAULT_MAX_ELEMENTS, EngineCanaries, GradientCanaries
+from dpbench.audit.fdp import claimed_curve
 from dpbench.audit.replay import ReplayCheck
 from dpbench.audit.scoring import RULES, THREAT_MODELS, FamilyBound, ReleaseRecorder, canary_scores, family_bound
 from dpbench.errors import UserError
@@ -67,7 +68,9 @@ class AuditOutcome:
         return self.family.eps_low
 
     def passed(self, epsilon: float) -> bool:
-        return self.eps_low <= epsilon and (self.replay is None or self.replay.passed)
+        """Neither bound refutes the claim (ε_low ≤ ε, the claimed curve stands) and the replay check held."""
+        return (self.eps_low <= epsilon and not self.family.refutes_claim
+                and (self.replay is None or self.replay.passed))
 
 
 def audit_training(model, scheduler, images: torch.Tensor, labels: torch.Tensor, step: DPStep, training, seed: int,
@@ -89,9 +92,14 @@ def audit_training(model, scheduler, images: torch.Tensor, labels: torch.Tensor,
     cls = trainer_class(fault)
     params = [p for p in model.parameters() if p.requires_grad]
     try:
-        canary_set = GradientCanaries(params, canaries, norm=canary_norm(step, norm_multiple),
-                                      seed=derive_seed(seed, _CANARY_STREAM), kind=canary_kind, secret_in=secret_in,
-                                      max_elements=max_elements)
+        if canary_kind == "engine":
+            canary_set = EngineCanaries(params, canaries, norm=canary_norm(step, norm_multiple),
+                                        seed=derive_seed(seed, _CANARY_STREAM), embedding=model.class_embedding,
+                                        secret_in=secret_in)
+        else:
+            canary_set = GradientCanaries(params, canaries, norm=canary_norm(step, norm_multiple),
+                                          seed=derive_seed(seed, _CANARY_STREAM), kind=canary_kind,
+                                          secret_in=secret_in, max_elements=max_elements)
     except ValueError as err:  # e.g. more Dirac canaries than trainable coordinates
         raise UserError(f"--canaries {canaries} --canary-kind {canary_kind}: {err}") from None
     step = audited_step(step, canary_set.num_included)
@@ -110,7 +118,10 @@ def audit_training(model, scheduler, images: torch.Tensor, labels: torch.Tensor,
     trainer.finish()  # the released weights: EMA where the suite keeps one
     final = [p.detach().clone() for p in trainer.params]
     scores = canary_scores(canary_set, recorder, initial, final)
-    family = family_bound(scores, canary_set.secret_in, delta, confidence)
+    claimed = None
+    if budget is not None:  # the curve the accountant claims for the audited run's (σ, q, T)
+        claimed = claimed_curve(budget.accountant, budget.noise_multiplier, step.sample_rate, step.steps)
+    family = family_bound(scores, canary_set.secret_in, delta, confidence, claimed=claimed)
     return AuditOutcome(family=family, replay=check, canaries=canary_set, step=step,
                         epsilon_mechanism=stats.epsilon_spent, train_seconds=stats.train_seconds,
                         seconds=time.perf_counter() - start)
@@ -121,10 +132,13 @@ def threat_model_results(family: FamilyBound) -> list:
 
     out = []
     for name, observes in THREAT_MODELS.items():
-        best = family.best(name)
+        best, fdp = family.best(name), family.best_fdp(name)
         out.append(ThreatModelResult(name=name, eps_low=best.eps_low, guesses=best.guesses, correct=best.correct,
                                      k_plus=best.k_plus, k_minus=best.k_minus, rule=best.rule,
-                                     rules=[rule for model, rule in RULES if model == name], observes=observes))
+                                     rules=[rule for model, rule in RULES if model == name], observes=observes,
+                                     mu_low=fdp.mu_low if fdp else None, refutes_claim=fdp.refutes_claim if fdp else None,
+                                     fdp_guesses=fdp.guesses if fdp else None, fdp_correct=fdp.correct if fdp else None,
+                                     fdp_rule=fdp.rule if fdp else None))
     return out
 
 
@@ -153,12 +167,14 @@ def audit_run(ctx, planned, *, canaries: int = DEFAULT_CANARIES, fault: Optional
                              ctx.device, delta=plan.budget.delta, budget=plan.budget, canaries=canaries, fault=fault,
                              canary_kind=canary_kind, reproducible=suite.privacy.reproducible,
                              progress=ctx.progress)
-    c = outcome.canaries
+    c, claimed = outcome.canaries, outcome.family.claimed
     passed = outcome.passed(spec.epsilon)
     result = AuditResult(
         run_id=spec.run_id, suite=suite.name, method=spec.method, method_label=spec.method_key, epsilon=spec.epsilon,
         delta=plan.budget.delta, fault=fault, canaries=c.m, threat_models=threat_model_results(outcome.family),
         epsilon_lower_bound=outcome.eps_low, confidence=outcome.family.confidence,
+        mu_lower_bound=outcome.family.mu_low, fdp_refutes_claim=outcome.family.refutes_claim if claimed else None,
+        claimed_curve=claimed.name if claimed else None, claimed_mu_clt=claimed.clt_mu if claimed else None,
         replay=outcome.replay.summary() if outcome.replay is not None else None, passed=passed,
         seconds=outcome.seconds, candidates=outcome.family.candidates, canaries_included=c.num_included,
         canary_kind=c.kind, canary_norm=c.norm, canary_support=c.support, trainable_params=c.dim,
@@ -169,11 +185,18 @@ def audit_run(ctx, planned, *, canaries: int = DEFAULT_CANARIES, fault: Optional
         **provenance(ctx.device))
     folder = run_dir(ctx.results_dir, spec.run_id)
     write_model(folder / audit_file_name(fault), result, inside=ctx.results_dir)
-    log.info("   ε_low %.3f (%s) vs ε %s; replay %s; %.1fs → %s", result.epsilon_lower_bound,
+    log.info("   ε_low %.3f (%s) vs ε %s; %s; replay %s; %.1fs → %s", result.epsilon_lower_bound,
              ", ".join(f"{t.name} {t.eps_low:.3f}: {t.correct}/{t.guesses}" for t in result.threat_models),
-             format_epsilon(spec.epsilon), _replay_text(result.replay), result.seconds,
+             format_epsilon(spec.epsilon), _fdp_text(result), _replay_text(result.replay), result.seconds,
              "passed" if passed else "FAILED")
     return result
+
+
+def _fdp_text(result) -> str:
+    if result.mu_lower_bound is None:
+        return "f-DP not tested"
+    verdict = "REFUTES" if result.fdp_refutes_claim else "does not refute"
+    return f"f-DP μ_low {result.mu_lower_bound:.3f} (CLT μ {result.claimed_mu_clt:.3f}), {verdict} the claimed curve"
 
 
 def _replay_text(replay: Optional[dict]) -> str:
@@ -214,14 +237,18 @@ def format_audits(results: list) -> str:
     from dpbench.results import format_epsilon
 
     header = (f"{'run':<24} {'fault':<16} {'ε':>5} {'ε_low':>7} {'final-weights':>22} {'all-steps':>22} "
-              f"{'replay':>8} {'time':>7}  verdict")
+              f"{'μ_low':>6} {'μ_CLT':>6} {'f-DP':>8} {'replay':>8} {'time':>7}  verdict")
     lines = [header]
     for r in results:
         models = {t.name: t for t in r.threat_models}
         cells = [f"{models[n].eps_low:.3f} ({models[n].correct}/{models[n].guesses})" if n in models else "—"
                  for n in THREAT_MODELS]
         replay = "—" if r.replay is None else ("held" if r.replay.get("passed") else "FAILED")
+        mu = "—" if r.mu_lower_bound is None else f"{r.mu_lower_bound:.2f}"
+        clt = "—" if r.claimed_mu_clt is None else f"{r.claimed_mu_clt:.2f}"
+        fdp = "—" if r.fdp_refutes_claim is None else ("REFUTED" if r.fdp_refutes_claim else "stands")
         lines.append(f"{r.run_id:<24} {r.fault or 'none':<16} {format_epsilon(r.epsilon):>5} "
-                     f"{r.epsilon_lower_bound:>7.3f} {cells[0]:>22} {cells[1]:>22} {replay:>8} {r.seconds:>6.0f}s  "
+                     f"{r.epsilon_lower_bound:>7.3f} {cells[0]:>22} {cells[1]:>22} {mu:>6} {clt:>6} {fdp:>8} "
+                     f"{replay:>8} {r.seconds:>6.0f}s  "
                      f"{'passed' if r.passed else 'FAILED'}")
     return "\n".join(lines)

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from dpbench.audit.bound import DEFAULT_CONFIDENCE, epsilon_lower_bound_from_scores
+from dpbench.audit.fdp import ClaimedCurve, claim_refuted, mu_lower_bound
 
 FINAL_WEIGHTS = "final-weights"
 ALL_STEPS = "all-steps"
@@ -141,6 +142,8 @@ class RuleBound:
     correct: int
     k_plus: int
     k_minus: int
+    mu_low: float | None = None  # f-DP: the largest Gaussian μ the guesses refute (None: no f-DP test)
+    refutes_claim: bool | None = None  # f-DP: the guesses refute the run's claimed curve
 
 
 @dataclass
@@ -151,29 +154,56 @@ class FamilyBound:
     candidates: int
     per_candidate_confidence: float
     bounds: list[RuleBound] = field(default_factory=list)
+    claimed: ClaimedCurve | None = None  # the curve the f-DP tests were run against (None: ε bound only)
 
     def best(self, threat_model: str | None = None) -> RuleBound:
         pool = [b for b in self.bounds if threat_model is None or b.threat_model == threat_model]
         return max(pool, key=lambda b: (b.eps_low, b.correct / max(b.guesses, 1)))
 
+    def best_fdp(self, threat_model: str | None = None) -> RuleBound | None:
+        """The candidate with the largest μ_low (a refuting one first); None without f-DP tests."""
+        pool = [b for b in self.bounds if b.mu_low is not None and (threat_model is None or b.threat_model == threat_model)]
+        return max(pool, key=lambda b: (bool(b.refutes_claim), b.mu_low, b.correct / max(b.guesses, 1)), default=None)
+
     @property
     def eps_low(self) -> float:
         return self.best().eps_low
 
+    @property
+    def mu_low(self) -> float | None:
+        values = [b.mu_low for b in self.bounds if b.mu_low is not None]
+        return max(values) if values else None
+
+    @property
+    def refutes_claim(self) -> bool:
+        """Some f-DP candidate refutes the claimed curve (family-wise significance 1 − confidence)."""
+        return any(b.refutes_claim for b in self.bounds)
+
 
 def family_bound(scores: dict[tuple[str, str], np.ndarray], secret_in: np.ndarray, delta: float,
                  confidence: float = DEFAULT_CONFIDENCE,
-                 fractions: Sequence[float] = GUESS_FRACTIONS) -> FamilyBound:
-    """ε_low of every (rule, guess counts) candidate at significance β/K; K counts every rule and grid point."""
+                 fractions: Sequence[float] = GUESS_FRACTIONS, claimed: ClaimedCurve | None = None) -> FamilyBound:
+    """ε_low of every (rule, guess counts) candidate at significance β/K; K counts every rule and grid point.
+
+    With a ``claimed`` curve every candidate is also an f-DP test (dpbench/audit/fdp.py) — μ_low and
+    whether it refutes the claimed curve — and K counts both tests of every candidate (2 × rules ×
+    grid): the ε bound and the f-DP verdict hold at ``confidence`` together. (μ_low needs no further
+    correction: refuting a weaker curve than the true one is no likelier than refuting the true one.)
+    """
     m = len(secret_in)
     grid = guess_grid(m, fractions)
     rules = [rule for rule in RULES if rule in scores]
-    k = len(rules) * len(grid)
-    per_candidate = 1.0 - (1.0 - confidence) / k
-    out = FamilyBound(confidence=confidence, candidates=k, per_candidate_confidence=per_candidate)
+    k = len(rules) * len(grid) * (1 if claimed is None else 2)
+    significance = (1.0 - confidence) / k
+    per_candidate = 1.0 - significance
+    out = FamilyBound(confidence=confidence, candidates=k, per_candidate_confidence=per_candidate, claimed=claimed)
     for threat_model, rule in rules:
         values = np.asarray(scores[(threat_model, rule)], dtype=float)
         for k_plus, k_minus in grid:
             b = epsilon_lower_bound_from_scores(values, secret_in, k_plus, k_minus, delta, per_candidate)
-            out.bounds.append(RuleBound(threat_model, rule, b.eps_low, b.guesses, b.correct, k_plus, k_minus))
+            bound = RuleBound(threat_model, rule, b.eps_low, b.guesses, b.correct, k_plus, k_minus)
+            if claimed is not None:
+                bound.mu_low = mu_lower_bound(m, b.guesses, b.correct, significance)
+                bound.refutes_claim = claim_refuted(m, b.guesses, b.correct, claimed.inverse_blow_up, significance)
+            out.bounds.append(bound)
     return out

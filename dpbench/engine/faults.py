@@ -51,11 +51,48 @@ class RepeatedNoise(DPTrainer):
         return self._first_noise[i].clone()
 
 
+class _ScaledNormsBackend:
+    """Wraps a clipping backend: the clipping rule is handed every per-example norm times ``factor``."""
+
+    def __init__(self, inner, factor: float):
+        self.inner, self.factor = inner, factor
+
+    def weighted_sum(self, loss_fn, weights_fn):
+        sums, norms, losses = self.inner.weighted_sum(loss_fn, lambda n: weights_fn(self.factor * n))
+        return sums, self.factor * norms, losses
+
+    def __getattr__(self, name):  # discard, held_bytes, remove, disable, enable: the real backend's
+        return getattr(self.inner, name)
+
+
+class HalvedNorms(DPTrainer):
+    """The engine's per-example norms come out halved (a wrong norm: a ghost-norm or reduction bug): the
+    clipping weights double, so an example contributes ≈ 2·S under automatic clipping (up to 2·C under
+    fixed C) while the noise is sized for S. Only what goes through the engine is affected: the audit
+    sees it with ``--canary-kind engine`` canaries and in the replay check."""
+
+    norm_factor = 0.5
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.backend is not None:
+            self.backend = _ScaledNormsBackend(self.backend, self.norm_factor)
+
+
+class TenthNorms(HalvedNorms):
+    """As :class:`HalvedNorms` with norms × 0.1: a contribution of ≈ 10·S, a leak gross enough for the
+    bounds to see at the quickstart's ε = 2 — through engine canaries only."""
+
+    norm_factor = 0.1
+
+
 FAULTS: dict[str, type[DPTrainer]] = {
     "low-noise": LowNoise,
     "no-clip": NoClip,
     "realised-divisor": RealisedDivisor,
     "repeated-noise": RepeatedNoise,
+    "halved-norms": HalvedNorms,
+    "tenth-norms": TenthNorms,
 }
 
 

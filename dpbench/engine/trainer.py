@@ -222,7 +222,7 @@ class DPTrainer:
                 done += len(chunk)
         if self.canaries is not None and self.config.private and self._is_root():
             sums, norms = self.canaries.weighted_sum(indices[indices >= len(self.images)] - len(self.images),
-                                                     self.clipper.weights)
+                                                     self.clipper.weights, engine=self)
             self.clipper.observe(norms)
             for acc, g in zip(summed, sums):
                 acc.add_(g.to(acc.dtype))
