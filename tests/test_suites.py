@@ -153,6 +153,13 @@ def test_relative_data_root_is_relative_to_the_suite_file(tmp_path, monkeypatch)
     suite = load_suite(folder / "s.yaml")
     assert suite.data_root(suite.data.private) == str(tmp_path / "project" / "data")
     assert suite.data_root(suite.data.private, "cli-data") == str(elsewhere / "cli-data")
+    # a copy written elsewhere (the tuned suite in the results folder) keeps reading the same data
+    from dpbench.config.suite import with_absolute_data_roots
+
+    copied = with_absolute_data_roots(yaml.safe_load((folder / "s.yaml").read_text()), folder)
+    (elsewhere / "copy.yaml").write_text(yaml.safe_dump(copied))
+    moved = load_suite(elsewhere / "copy.yaml")
+    assert moved.data_root(moved.data.private) == str(tmp_path / "project" / "data")
 
 
 def test_missing_suite_file(capsys):

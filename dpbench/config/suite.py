@@ -538,6 +538,19 @@ def read_suite_yaml(path: Path) -> Any:
         raise UserError(f"{path}: the YAML is nested too deeply to be a suite — see docs/suite.md for its shape") from None
 
 
+def with_absolute_data_roots(raw: Any, source_dir: Path) -> Any:
+    """``raw`` (a suite's mapping) with each relative data root written in it made absolute against
+    ``source_dir``, for a copy of the suite written elsewhere (the tuned suite) that must read the same data."""
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, dict):
+        return raw
+    for holder in (data, data.get("private"), data.get("public")):
+        root = holder.get("root") if isinstance(holder, dict) else None
+        if isinstance(root, str) and root and not os.path.isabs(os.path.expanduser(root)):
+            holder["root"] = os.path.normpath(source_dir / root)
+    return raw
+
+
 def load_suite(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Suite:
     """The suite of a file (or built-in name), with command-line ``--set`` overrides applied to its raw
     mapping before validation (:mod:`dpbench.config.overrides`)."""

@@ -33,7 +33,8 @@ import torch
 import yaml
 
 from dpbench.config.overrides import apply_overrides
-from dpbench.config.suite import DatasetRef, MethodSpec, Suite, load_suite, stable_hash
+from dpbench.config.suite import (DatasetRef, MethodSpec, Suite, load_suite, read_suite_yaml, stable_hash,
+                                  with_absolute_data_roots)
 from dpbench.errors import UserError
 from dpbench.results import (TuneCandidate, TuneResult, check_name, display_epsilon, format_epsilon, load_results,
                              parse_epsilon, run_dir, write_bytes_atomic, write_model)
@@ -189,7 +190,9 @@ def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], result
 
 
 def _tuned_yaml(suite_path: str, overrides: tuple[str, ...], record: TuneResult) -> str:
-    raw = apply_overrides(yaml.safe_load(Path(suite_path).read_text()), overrides)
+    path = Path(suite_path)
+    # The tuned suite lives in the results folder: roots written relative to the original file are made absolute.
+    raw = with_absolute_data_roots(apply_overrides(read_suite_yaml(path), overrides), path.resolve().parent)
     selected = {c.method_label: c for c in record.candidates if c.selected}
     for entry in raw["methods"]:
         pick = selected.get(entry.get("label") or entry["name"])
