@@ -43,6 +43,14 @@ def test_pretrain_round_trip_and_cache(tmp_path):
     assert not third.cache_hit and third.path != first.path
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_a_few_pretraining_steps_train(tmp_path, steps):
+    """OneCycleLR divides by its phase lengths: 1-3 steps crashed with ZeroDivisionError (found via --smoke)."""
+    suite = parse_suite({**SUITE, "pretrain": {**SUITE["pretrain"], "steps": steps}})
+    out = load_pretrained(suite, cache_dir=str(tmp_path), progress=False)
+    assert not out.cache_hit and (tmp_path / "pretrained").is_dir()
+
+
 def test_missing_pretrained_directory_is_a_user_error(tmp_path):
     suite = parse_suite({**SUITE, "model": {"pretrained": str(tmp_path / "nope")}})
     with pytest.raises(UserError, match="model.pretrained"):

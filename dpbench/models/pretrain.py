@@ -127,9 +127,13 @@ def pretrain(suite: Suite, images: torch.Tensor, labels: torch.Tensor, num_class
     model = build_unet(suite.model.preset, images.shape[-1], images.shape[1], num_classes).to(device)
     scheduler = make_noise_scheduler(suite.model.num_train_timesteps, suite.model.beta_schedule)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr)
-    # warm-up over 5% of the steps (at least 2: OneCycleLR divides by the warm-up length)
-    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=settings.steps,
-                                                      pct_start=min(0.5, max(0.05, 2.0 / settings.steps)))
+    # warm-up over 5% of the steps (at least 2: OneCycleLR divides by the warm-up length, and by the rest:
+    # below 4 steps it has no schedule to give — a constant lr, e.g. for --smoke)
+    if settings.steps >= 4:
+        lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=settings.steps,
+                                                          pct_start=min(0.5, max(0.05, 2.0 / settings.steps)))
+    else:
+        lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     gen = torch.Generator().manual_seed(settings.seed)  # on the host: the same stream on every device
     params = list(model.parameters())
     ema = [p.detach().clone() for p in params] if settings.ema_decay is not None else None
