@@ -116,3 +116,9 @@ def test_a_results_folder_becomes_a_summary_and_its_table(tmp_path):
     assert f"{expected.mean:.3g}" in loda_row
     assert "DP ex/s at ε = 10" in table and "FID at ε = 10" in table
     assert main(["docs", "--check", "--root", str(root)]) == 0
+
+
+def test_a_folder_without_a_readme_is_refused(tmp_path, capsys):
+    """Run from the wrong folder, the check must not pass by finding nothing to check."""
+    assert main(["docs", "--check", "--root", str(tmp_path)]) == 2
+    assert "--root" in capsys.readouterr().err

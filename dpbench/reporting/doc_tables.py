@@ -115,21 +115,23 @@ def render_results(summary: ResultsSummary) -> str:
     epsilons = sorted({c.epsilon for c in summary.cells}, key=epsilon_order)
     fid_eps = max((c.epsilon for c in summary.cells if c.fid and math.isfinite(c.epsilon)), default=None)
     at = f" at ε = {display_epsilon(summary.cost_epsilon)}" if summary.cost_epsilon is not None else ""
-    columns: list[tuple[str, Callable[[SummaryMethod], str]]] = [
-        (f"ε = {format_epsilon_cell(eps)}", lambda m, eps=eps: _estimate_text(
-            getattr(cells.get((m.method_label, eps)), "downstream_accuracy", None))) for eps in epsilons]
-    if fid_eps is not None:
-        columns.append((f"FID at ε = {display_epsilon(fid_eps)}",
-                        lambda m: _estimate_text(getattr(cells.get((m.method_label, fid_eps)), "fid", None))))
-    optional = [("trainable params", "trainable_params", lambda v: f"{v:,}"),
-                (f"DP ex/s{at}", "dp_examples_per_s", lambda v: f"{v:.0f}"),
-                (f"DP total peak memory{at}", "dp_total_peak_memory_bytes", format_bytes)]
-    for header, field, fmt in optional:
-        if any(getattr(m, field) is not None for m in summary.methods):
-            columns.append((header, lambda m, field=field, fmt=fmt: MISSING if getattr(m, field) is None
-                            else fmt(getattr(m, field))))
-    rows = [[m.method_label, *(cell(m) for _, cell in columns)] for m in summary.methods]
-    return markdown_table(Table(["method", *(header for header, _ in columns)], rows))
+    costs = [(header, field, fmt) for header, field, fmt in (
+        ("trainable params", "trainable_params", lambda v: f"{v:,}"),
+        (f"DP ex/s{at}", "dp_examples_per_s", lambda v: f"{v:.0f}"),
+        (f"DP total peak memory{at}", "dp_total_peak_memory_bytes", format_bytes))
+        if any(getattr(m, field) is not None for m in summary.methods)]
+
+    def estimate(method: str, eps: Optional[float], metric: str) -> str:
+        return _estimate_text(getattr(cells.get((method, eps)), metric, None))
+
+    headers = ["method", *(f"ε = {format_epsilon_cell(eps)}" for eps in epsilons)]
+    headers += [f"FID at ε = {display_epsilon(fid_eps)}"] if fid_eps is not None else []
+    rows = []
+    for m in summary.methods:
+        row = [m.method_label, *(estimate(m.method_label, eps, "downstream_accuracy") for eps in epsilons)]
+        row += [estimate(m.method_label, fid_eps, "fid")] if fid_eps is not None else []
+        rows.append(row + [MISSING if getattr(m, field) is None else fmt(getattr(m, field)) for _, field, fmt in costs])
+    return markdown_table(Table(headers + [header for header, _, _ in costs], rows))
 
 
 def render_baselines(summary: ResultsSummary) -> str:
@@ -169,6 +171,8 @@ def update_documents(root: str | os.PathLike, check: bool = False) -> list[str]:
     """Regenerate every block of README.md and docs/*.md under ``root`` from its data file. Returns the
     blocks ("FILE:LINE NAME from SOURCE") whose text differed; with ``check`` nothing is written."""
     root = Path(root)
+    if not (root / "README.md").is_file():
+        raise UserError(f"--root: {root} has no README.md — run from the repository root or pass --root DIR")
     differing = []
     for path in documents(root):
         text = path.read_text(encoding="utf-8")
