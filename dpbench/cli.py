@@ -388,6 +388,8 @@ def cmd_docs(args) -> int:
 
     if args.name and not args.from_results:
         raise UserError("--name: only with --from-results — add --from-results results/<suite>")
+    if args.check and args.from_results:
+        raise UserError("--check: writes nothing, but --from-results writes a summary — run them one after the other")
     if args.from_results:
         name = args.name or Path(args.from_results).resolve().name
         print(f"summary written to {summarize_results(args.from_results, name, args.root)}")
