@@ -194,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     _add_common(p)
 
+    p = sub.add_parser("docs", help="regenerate the measured tables of README.md and docs/*.md from their data files "
+                       "(docs/data/...); --check: exit 1 if one differs")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each block that differs")
+    p.add_argument("--root", default=".", help="the repository root holding README.md and docs/ (default: .)")
+    p.add_argument("--from-results", metavar="DIR", help="first write docs/data/NAME-summary.json from a suite's "
+                   "results folder (results/<suite>/), then regenerate")
+    p.add_argument("--name", help="with --from-results: the summary's name (default: the folder's name)")
+
     p = sub.add_parser("regress", help="compare memory/throughput with a baseline; exit 1 on regression")
     p.add_argument("current", help="profile JSON, suite results dir, or a folder of those")
     p.add_argument("--baseline", required=True, help="the same kind of input to compare against")
@@ -220,6 +228,7 @@ EXAMPLES = {
                 "dpbench profile quickstart --batch-sizes 64,256"],
     "tune": ["dpbench tune quickstart --only method=loda --lr-factors 0.5,1,2"],
     "regress": ["dpbench regress results/profile-small.json --baseline benchmarks/baseline/profile-small.json"],
+    "docs": ["dpbench docs --check", "dpbench docs --from-results results/mnist10k-cpu"],
 }
 
 
@@ -524,6 +533,28 @@ def cmd_regress(args) -> int:
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
+def cmd_docs(args) -> int:
+    from pathlib import Path
+
+    from dpbench.reporting.doc_tables import COMMAND, summarize_results, update_documents
+
+    if args.name and not args.from_results:
+        raise UserError("--name: only with --from-results — add --from-results results/<suite>")
+    if args.check and args.from_results:
+        raise UserError("--check: writes nothing, but --from-results writes a summary — run them one after the other")
+    if args.from_results:
+        name = args.name or Path(args.from_results).resolve().name
+        print(f"summary written to {summarize_results(args.from_results, name, args.root)}")
+    differing = update_documents(args.root, check=args.check)
+    for block in differing:
+        print(f"{'differs from its data file' if args.check else 'regenerated'}: {block}")
+    if args.check and differing:
+        print(f"run `{COMMAND}` to regenerate them (after checking the data files are the ones meant)")
+        return EXIT_CHECK_FAILED
+    print("every generated block matches its data file" if not differing else f"{len(differing)} blocks regenerated")
+    return EXIT_OK
+
+
 def cmd_tune(args) -> int:
     from dpbench.reporting.tables import text_table
     from dpbench.runner.tune import tune
@@ -548,8 +579,7 @@ def cmd_tune(args) -> int:
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "ls": cmd_ls, "validate": cmd_validate, "pretrain": cmd_pretrain,
             "selfcheck": cmd_selfcheck, "audit": cmd_audit, "report": cmd_report, "export": cmd_export,
-            "profile": cmd_profile,
-            "regress": cmd_regress}
+            "profile": cmd_profile, "regress": cmd_regress, "docs": cmd_docs}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -284,6 +284,61 @@ class Profile(Provenance):
     max_batch_size: dict[str, dict[str, Optional[int]]] = Field(default_factory=dict, description="GPU only")
 
 
+class DpOverheadMethod(Record):
+    ratio: float = Field(description="DP step time / non-private step time, measured interleaved in one loop")
+    dp_step_time_s: float
+    nonprivate_step_time_s: float
+    target: Optional[float] = Field(None, description="the ratio the project committed to (the benchmark fails above)")
+
+
+class DpOverheadBaseline(Record):
+    """``benchmarks/baseline/dp_overhead_cpu.json``: the DP engine's cost per method, written by
+    ``benchmarks/test_dp_overhead.py`` (DPBENCH_REFRESH_BASELINE=1) and compared against by it."""
+
+    setting: str = Field(description="model, image size, physical batch and threads of the measurement")
+    methods: dict[str, DpOverheadMethod]
+
+
+class Estimate(Record):
+    """A mean over fine-tuning seeds with its 95% Student-t interval (low/high null for one seed)."""
+
+    mean: float
+    low: Optional[float] = None
+    high: Optional[float] = None
+    n: int = Field(1, description="fine-tuning seeds")
+
+
+class SummaryCell(Record):
+    method_label: str
+    epsilon: Epsilon
+    downstream_accuracy: Optional[Estimate] = None
+    fid: Optional[Estimate] = None
+
+
+class SummaryMethod(Record):
+    method_label: str
+    trainable_params: Optional[int] = None
+    dp_examples_per_s: Optional[float] = Field(None, description="mean throughput of the DP runs at cost_epsilon")
+    dp_total_peak_memory_bytes: Optional[int] = Field(None, description="mean total peak of the DP runs at cost_epsilon")
+
+
+class ResultsSummary(Provenance):
+    """A suite's results in a few numbers per cell (``docs/data/<name>-summary.json``): what the README's
+    results tables are generated from (``dpbench docs``), written by ``dpbench docs --from-results``."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["dpbench-results-summary"] = "dpbench-results-summary"
+    suite: str
+    provenance: str = Field(description="where the numbers come from: the command and results folder, or a transcription")
+    cost_epsilon: Optional[Epsilon] = Field(
+        None, description="the ε of the DP runs whose throughput and memory the methods show; null: not recorded")
+    methods: list[SummaryMethod] = Field(default_factory=list)
+    cells: list[SummaryCell] = Field(default_factory=list)
+    pretrained_accuracy: Optional[float] = None
+    pretrained_fid: Optional[float] = None
+    real_data_accuracy: Optional[float] = None
+
+
 class ThreatModelResult(Record):
     """One threat model of an audit: its best (scoring rule, k₊, k₋) candidate, at the family-wise confidence."""
 

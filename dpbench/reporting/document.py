@@ -82,7 +82,7 @@ class Document:
     def table(self, table: Table) -> None:
         for warning in table.warnings:
             self.paragraph(warning, "warning")
-        self._add(_html_table(table), _markdown_table(table))
+        self._add(_html_table(table), markdown_table(table))
 
     def figure(self, picture: Picture) -> None:
         self._add(f'<figure><img src="{html.escape(picture.src)}" alt="{html.escape(picture.alt)}">'
@@ -113,7 +113,7 @@ class Document:
 
     def render_markdown(self, footer: Table) -> str:
         parts = [f"# {escape_markdown(self.title)}", *(m for _, m in self._banner), *self._markdown,
-                 "## Provenance", _markdown_table(footer)]
+                 "## Provenance", markdown_table(footer)]
         return "\n\n".join(parts) + "\n"
 
     def _add(self, html_text: str, markdown_text: str) -> None:
@@ -128,7 +128,7 @@ def _html_table(table: Table) -> str:
     return f'<div class="scroll"><table{table_id}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def _markdown_table(table: Table) -> str:
+def markdown_table(table: Table) -> str:
     def row(cells: Sequence[str]) -> str:
         return "| " + " | ".join(escape_markdown(c) or " " for c in cells) + " |"
 
