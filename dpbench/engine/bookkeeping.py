@@ -132,16 +132,16 @@ class _Layer:
 
     def __init__(self, name: str, module: nn.Module, trainable: list[str]):
         self.name, self.module, self.trainable = name, module, trainable
-        self.dtype = torch.promote_types(getattr(module, trainable[0]).dtype, torch.float32)
+        self.dtype = torch.promote_types(module.get_parameter(trainable[0]).dtype, torch.float32)
         self.calls: list[_Call] = []
         self.weight_path: Optional[str] = None  # "ghost" or "instantiate", once decided
         self._workspace: Optional[torch.Tensor] = None
 
-    def record(self, inputs: tuple, output: torch.Tensor) -> None:
+    def record(self, inputs: tuple, kwargs: dict, output: torch.Tensor) -> None:
         self.calls.append(_Call(inputs[0].detach(), output, inputs[0]._version, output._version))
 
     def shape(self, attr: str) -> torch.Size:
-        return getattr(self.module, attr).shape
+        return self.module.get_parameter(attr).shape
 
     def per_example(self, batch: int, path: Path) -> tuple[torch.Tensor, dict[str, WeightedSum]]:
         """Squared per-example gradient norms [b] of the trainable parameters, and their weighted sums."""
@@ -439,12 +439,22 @@ class BookKeepingClipper:
             raise ValueError(f"rows_per_example must be ≥ 1, not {rows_per_example}")
         if path not in ("auto", "ghost", "instantiate"):
             raise ValueError(f"path must be 'auto', 'ghost' or 'instantiate', not {path!r}")
+        from dpbench.engine.generic import GenericLayer, find_units
+
         self.rows_per_example, self.path = rows_per_example, path
         position = {id(p): i for i, p in enumerate(params)}
         self._slots: list[Optional[tuple[_Layer, str]]] = [None] * len(params)
         self._layers: list[_Layer] = []
+        # modules book-keeping has no rule for go to the generic per-example path (dpbench/engine/generic.py)
+        for name, module, owned in find_units(model, params, _LAYER_TYPES):
+            layer = GenericLayer(name, module, owned)
+            for attr in owned:
+                self._slots[position[id(module.get_parameter(attr))]] = (layer, attr)
+            self._layers.append(layer)
+        claimed = {id(p) for layer in self._layers for p in layer.module.parameters()}
         for name, module in model.named_modules():
-            owned = [(attr, p) for attr, p in module.named_parameters(recurse=False) if id(p) in position]
+            owned = [(attr, p) for attr, p in module.named_parameters(recurse=False)
+                     if id(p) in position and id(p) not in claimed]
             if not owned:
                 continue
             layer_type = _LAYER_TYPES.get(type(module))
@@ -461,13 +471,17 @@ class BookKeepingClipper:
         if missing:
             raise ValueError(f"parameters at positions {missing} are not owned by any module of the model")
         self.norm_dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+        names = {id(p): name for name, p in model.named_parameters()}
+        self._params, self._names = params, [names.get(id(p), f"#{i}") for i, p in enumerate(params)]
+        self._coverage_checked = False  # on the first call (dpbench/engine/coverage.py)
         self._recording = False
-        self._handles = [layer.module.register_forward_hook(self._hook(layer)) for layer in self._layers]
+        self._handles = [layer.module.register_forward_hook(self._hook(layer), with_kwargs=True)
+                         for layer in self._layers]
 
     def _hook(self, layer: _Layer):
-        def record(module, inputs, output):
+        def record(module, inputs, kwargs, output):
             if self._recording and torch.is_grad_enabled():
-                layer.record(inputs, output)
+                layer.record(inputs, kwargs, output)
         return record
 
     def weighted_sum(self, loss_fn: Callable[[], torch.Tensor],
@@ -503,10 +517,13 @@ class BookKeepingClipper:
             if len(c.input) != batch * self.rows_per_example:
                 raise ValueError(f"{layer.name} ran on {len(c.input)} rows, expected {batch} examples × "
                                  f"{self.rows_per_example} rows")
-        if calls:  # the one backward: gradients of the recorded outputs only
-            output_grads = torch.autograd.grad(losses.sum(), [c.output for _, c in calls], allow_unused=True)
-            for (_, c), grad in zip(calls, output_grads):
-                c.output_grad = grad
+        # the one backward: gradients of the recorded outputs only (and, on the first call, autograd's
+        # parameter gradients for the coverage check)
+        check = not self._coverage_checked
+        targets = [c.output for _, c in calls] + (list(self._params) if check else [])
+        grads = torch.autograd.grad(losses.sum(), targets, allow_unused=True) if targets else []
+        for (_, c), grad in zip(calls, grads):
+            c.output_grad = grad
         norms_sq = losses.new_zeros(batch, dtype=self.norm_dtype)
         layer_sums = {}
         for layer in self._layers:
@@ -515,16 +532,26 @@ class BookKeepingClipper:
                 layer_norms, layer_sums[layer] = layer.per_example(batch, self.path)
                 norms_sq += layer_norms
         norms = norms_sq.sqrt()
+        if check:
+            from dpbench.engine.coverage import check_coverage, low_precision
+
+            precision = "low" if low_precision(c.output for _, c in calls) else self.norm_dtype
+            check_coverage(self._names, self._sums(layer_sums, torch.ones_like(norms), losses.device),
+                           grads[len(calls):], precision)
+            self._coverage_checked = True
         weights = weights_fn(norms)
         if weights.shape != (batch,):
             raise ValueError(f"weights_fn must return weights of shape [{batch}], not {tuple(weights.shape)}")
+        return self._sums(layer_sums, weights, losses.device), norms, losses.detach()
+
+    def _sums(self, layer_sums, weights: torch.Tensor, device) -> list[torch.Tensor]:
         sums = []
         for layer, attr in self._slots:
             if layer in layer_sums:
                 sums.append(layer_sums[layer][attr](weights.to(layer.dtype)))
             else:  # the module did not run, or its output did not reach the loss
-                sums.append(torch.zeros(layer.shape(attr), dtype=layer.dtype, device=losses.device))
-        return sums, norms, losses.detach()
+                sums.append(torch.zeros(layer.shape(attr), dtype=layer.dtype, device=device))
+        return sums
 
     @property
     def weight_paths(self) -> dict[str, str]:
@@ -542,7 +569,7 @@ class BookKeepingClipper:
         total = 0
         for layer in self._layers:
             if layer.weight_path != "ghost":
-                total += sum(getattr(layer.module, attr).numel() for attr in layer.trainable) * torch.finfo(self.norm_dtype).bits // 8
+                total += sum(layer.shape(attr).numel() for attr in layer.trainable) * torch.finfo(self.norm_dtype).bits // 8
         return total
 
     def held_bytes(self) -> int:

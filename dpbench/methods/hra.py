@@ -1,0 +1,14 @@
+"""HRA (peft): product of 4 Householder reflections applied to the weight; ResNet convs + attention"""
+
+from __future__ import annotations
+
+from dpbench.methods.peft import PeftMethod
+
+
+class HRA(PeftMethod):
+    name = "hra"
+    TUNER = "hra"
+    DEFAULTS = {"target": "all", "r": 4}
+
+
+METHOD = HRA

@@ -1,0 +1,14 @@
+"""OFT (peft): block-diagonal orthogonal rotation of the weight (blocks of 4); ResNet convs + attention"""
+
+from __future__ import annotations
+
+from dpbench.methods.peft import PeftMethod
+
+
+class OFT(PeftMethod):
+    name = "oft"
+    TUNER = "oft"
+    DEFAULTS = {"target": "all", "r": 0, "oft_block_size": 4}
+
+
+METHOD = OFT
