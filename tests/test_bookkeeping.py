@@ -16,6 +16,7 @@ import torch.nn as nn
 from dpbench.engine import bookkeeping
 from dpbench.engine.bookkeeping import BookKeepingClipper
 from dpbench.config.suite import TrainingSettings
+from dpbench.errors import UserError
 from dpbench.engine.measure import probe_step
 from dpbench.engine.trainer import DPTrainer, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
@@ -160,6 +161,10 @@ def test_a_conv_offset_off_by_one_is_caught(monkeypatch, path):
     monkeypatch.setattr(bookkeeping, "_kernel_taps",
                         lambda conv, row_width: [(phase, offset + 1) for phase, offset in correct(conv, row_width)])
     clipper = BookKeepingClipper(case.model, case.params, 2, path=path)
+    if path == "instantiate":  # its summed gradient is wrong too: the first call's coverage check refuses it
+        with pytest.raises(UserError, match="path the per-example engine did not see"):
+            clipper.weighted_sum(case.losses, lambda n: torch.ones_like(n))
+        clipper._coverage_checked = True  # to see the per-example comparison fail as well
     errors = errors_against(clipper, case.losses, case.params, reference, BATCH)
     assert errors["norm"] > 1e-3
     if path == "instantiate":

@@ -91,6 +91,11 @@ def find_units(model: nn.Module, params: list[nn.Parameter], known_types) -> lis
     outer = [n for n in starts if not any(o != n and (o == "" or n.startswith(o + ".")) for o in starts)]
     units = []
     for name in sorted(outer):
+        for inner, module in modules[name].named_modules(prefix=name):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                raise NotImplementedError(
+                    f"{type(module).__name__} (module {inner!r}) couples the examples of a batch through its batch "
+                    "statistics: per-example gradients are undefined — use GroupNorm or LayerNorm")
         owned = [attr for attr, p in modules[name].named_parameters() if id(p) in trainable]
         units.append((name, modules[name], owned))
     return units

@@ -1,4 +1,4 @@
-"""DoRA (peft LoRA, use_dora): rank-4 B·A plus a learned per-output magnitude; ResNet convs + attention"""
+"""DoRA (peft LoRA, use_dora): rank-4 B·A plus a learned per-output magnitude; ResNet convs + attention [tiny: 24,544 trainable]"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FourierFT (peft): 64 trained spectral coefficients per layer, inverse-FFT to the update; attention projections"""
+"""FourierFT (peft): 64 trained spectral coefficients per layer, inverse-FFT to the update; attention projections [tiny: 1,024 trainable]"""
 
 from __future__ import annotations
 

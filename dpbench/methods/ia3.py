@@ -1,4 +1,4 @@
-"""IA3 (peft): one learned scale per output channel; ResNet convs + attention"""
+"""IA3 (peft): one learned scale per output channel; ResNet convs + attention [tiny: 928 trainable]"""
 
 from __future__ import annotations
 

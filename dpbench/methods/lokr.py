@@ -1,4 +1,4 @@
-"""LoKr (peft): Kronecker-product weight update (rank-4 factor); ResNet convs + attention"""
+"""LoKr (peft): Kronecker-product weight update (rank-4 factor); ResNet convs + attention [tiny: 8,192 trainable]"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""VeRA (peft): shared frozen random rank-16 projections, trained scaling vectors; attention projections"""
+"""VeRA (peft): shared frozen random rank-16 projections, trained scaling vectors; attention projections [tiny: 768 trainable]"""
 
 from __future__ import annotations
 
