@@ -41,10 +41,11 @@ def check_coverage(names: Sequence[str], engine_sums: Sequence[torch.Tensor], au
         err, scale = float((got - want).norm()), float(want.norm())
         if err > tol * (scale + 1e-2 * total):
             raise UserError(
-                f"parameter {name}: its gradient also arrives by a path the per-example engine did not see "
-                f"(engine's summed gradient differs from autograd's by {err / max(scale, 1e-30):.0%}), e.g. a use "
+                f"parameter {name}: the per-example engine's summed gradient differs from autograd's by "
+                f"{err / max(scale, 1e-30):.1%}: its gradient also arrives by a path the engine did not see (a use "
                 f"outside the forward of the module that owns it — use it only there, or set "
-                f"`dpbench_per_example_unit = True` on the module whose forward makes every use")
+                f"`dpbench_per_example_unit = True` on the module whose forward makes every use), or the engine "
+                f"is wrong for this layer (run `dpbench selfcheck`)")
 
 
 def low_precision(tensors) -> bool:
