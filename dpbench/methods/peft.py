@@ -1,4 +1,4 @@
-"""Any peft tuner (options: type: loha|lokr|oft|ia3|vera|hra|fourierft|lora|..., target, and its peft config fields).
+"""Any peft tuner: options type (loha, lokr, oft, ia3, ...), target, its peft config fields; default lora r 8, attention [tiny: 8,192 trainable]
 
 ``{name: peft, options: {type: loha, r: 4, target: conv}}`` injects peft's LoHa adapters into the UNet's
 ResNet convolutions: ``type`` names the tuner (peft's ``PeftType``, any case), ``target`` the layer group
@@ -93,7 +93,7 @@ class PeftMethod(Method):
             # layers (VeRA's random projections): the layers hold that state, so keeping the model is enough.
             # The model is already on its device (see Method.prepare): the adapters are created there.
             model = PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type](model, config, adapter_name="default").model
-        except ValueError as err:
+        except (TypeError, ValueError) as err:  # peft's words for "this tuner cannot adapt that layer type"
             raise UserError(f"methods[{self.name}].options.target: peft's {self.options.type} cannot adapt the "
                             f"{self.options.target!r} layers ({' '.join(str(err).split())[:160]}) — "
                             "choose target: attention") from None
