@@ -176,8 +176,11 @@ class GenericLayer(_Layer):
             return torch.func.grad(lambda q: self._example_loss(q, vals, g, n_args, keys))(p)
 
         in_dims = (None, [0 if b else None for b in batched], 0)
+        # randomness "same": peft draws torch.rand(1) against a module dropout of 0 (LoKr, LoHa) — a draw
+        # that cannot change the output. A unit whose output does depend on a draw is refused by the
+        # first chunk's coverage check (its recomputed gradients are not the forward's).
         with torch.enable_grad():
-            return torch.func.vmap(example, in_dims=in_dims)(params, values, grad)
+            return torch.func.vmap(example, in_dims=in_dims, randomness="same")(params, values, grad)
 
     def _looped(self, params, values, batched, grad, n_args, keys):
         out = {attr: grad.new_zeros(len(grad), *p.shape) for attr, p in params.items()}

@@ -1,4 +1,4 @@
-"""HRA (peft): product of 4 Householder reflections applied to the weight; ResNet convs + attention [tiny: 19,904 trainable]"""
+"""HRA (peft): product of 4 Householder reflections applied to the weight; attention projections (convs: target all) [tiny: 2,048 trainable]"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dpbench.methods.peft import PeftMethod
 class HRA(PeftMethod):
     name = "hra"
     TUNER = "hra"
-    DEFAULTS = {"target": "all", "r": 4}
+    DEFAULTS = {"target": "attention", "r": 4}
 
 
 METHOD = HRA

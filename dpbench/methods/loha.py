@@ -1,4 +1,4 @@
-"""LoHa (peft): Hadamard product of two rank-4 factorisations as the weight update; ResNet convs + attention [tiny: 47,232 trainable]"""
+"""LoHa (peft): Hadamard product of two rank-4 factorisations as the weight update; attention projections (convs: target all) [tiny: 8,192 trainable]"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dpbench.methods.peft import PeftMethod
 class LoHa(PeftMethod):
     name = "loha"
     TUNER = "loha"
-    DEFAULTS = {"target": "all", "r": 4, "alpha": 4}
+    DEFAULTS = {"target": "attention", "r": 4, "alpha": 4}
 
 
 METHOD = LoHa
