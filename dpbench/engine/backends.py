@@ -68,10 +68,14 @@ class OpacusBackend:
         units = find_units(model, [p for _, p in named_params], set(grad_samplers))
         if units:
             name, module, owned = units[0]
-            where = f"{name}.{owned[0]}" if name else owned[0]
-            raise UserError(f"parameter {where}: Opacus' {self.mode} engine has no per-sample rule for "
-                            f"{type(module).__module__}.{type(module).__qualname__} — use training.grad_sample_mode: bookkeeping, "
-                            "which covers any module")
+            # name a parameter whose own module has no rule (DoRA's magnitude, not the LoRA factors beside it)
+            attr = next((a for a in owned if type(module.get_submodule(a.rpartition(".")[0])) not in grad_samplers),
+                        owned[0])
+            owner = module.get_submodule(attr.rpartition(".")[0])
+            where = f"{name}.{attr}" if name else attr
+            raise UserError(f"parameter {where}: Opacus' {self.mode} engine has no per-sample rule for its module "
+                            f"({type(owner).__module__}.{type(owner).__qualname__}) — use training.grad_sample_mode: "
+                            "bookkeeping, which covers any module")
 
     def per_example_gradients(self, loss_fn: LossFn) -> tuple[list[torch.Tensor], torch.Tensor]:
         """One [b, *shape] tensor per trainable parameter (accumulation dtype), and the losses [b]."""
