@@ -449,7 +449,10 @@ class BookKeepingClipper:
         for name, module, owned in find_units(model, params, _LAYER_TYPES):
             layer = GenericLayer(name, module, owned)
             for attr in owned:
-                self._slots[position[id(module.get_parameter(attr))]] = (layer, attr)
+                slot = position[id(module.get_parameter(attr))]
+                if self._slots[slot] is not None:
+                    raise NotImplementedError(f"parameter {name}.{attr} is shared with another module")
+                self._slots[slot] = (layer, attr)
             self._layers.append(layer)
         claimed = {id(p) for layer in self._layers for p in layer.module.parameters()}
         for name, module in model.named_modules():
