@@ -8,9 +8,10 @@ notices: the update is silently wrong. On its first chunk each engine therefore 
 unweighted sum Σ_i g_i with autograd's gradient of the summed loss and refuses the first parameter
 that differs.
 
-The outcome is a property of the model's code, not of the data: with every path seen the two sums
-agree up to rounding for any batch, and a missed path makes them differ for any batch but a
-measure-zero set — so the check releases nothing about the private examples.
+The outcome is meant to be a property of the model's code, not of the data: with every path seen the
+two sums agree up to rounding for any batch, and a missed path of O(1) weight makes them differ for
+essentially any batch. Only a missed path whose share sits near the tolerance could make it depend on
+the chunk's examples; the run then stops before any update (docs/threat-model.md).
 """
 
 from __future__ import annotations
