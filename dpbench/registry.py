@@ -2,7 +2,9 @@
 
 Entries are registered by *name* with a dotted import target (``"dpbench.methods.loda:LoDA"``), so
 listing what exists (``dpbench ls``) never imports torch, diffusers or peft; the target is imported the
-first time an entry is resolved. Unknown names fail with a did-you-mean suggestion.
+first time an entry is resolved. Unknown names fail with a did-you-mean suggestion. A name that is
+itself an import target (``my_package.module:MyMethod``) resolves to that object: plug-ins outside
+dpbench need no registration.
 """
 
 from __future__ import annotations
@@ -66,7 +68,26 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         self._declare()
+        if isinstance(name, str) and ":" in name and name not in self._entries:
+            try:
+                self._import_target(name)
+            except UserError:
+                return False
         return name in self._entries
+
+    def _import_target(self, name: str) -> None:
+        """Register a ``package.module:Attribute`` name used directly (a plug-in outside dpbench)."""
+        module_name, _, attr = name.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as err:
+            raise UserError(f"cannot import {self.kind} {name!r} ({err}) — put its module on PYTHONPATH or "
+                            "install it") from None
+        doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+        self._entries[name] = Entry(name, name, doc[0] if doc else "")
+        self._loaded[name] = obj
 
     def suggestion(self, name: str) -> str:
         close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.6)
@@ -74,8 +95,13 @@ class Registry(Generic[T]):
 
     def check(self, name: str, field: str | None = None) -> None:
         """A UserError naming ``field`` (the suite field or option that gave the name) if unknown."""
+        where = f"{field}: " if field else ""
+        if ":" in str(name) and name not in self._entries:
+            try:
+                self._import_target(str(name))
+            except UserError as err:
+                raise UserError(f"{where}{err}") from None
         if name not in self:
-            where = f"{field}: " if field else ""
             raise UserError(f"{where}unknown {self.kind} {name!r}{self.suggestion(name)}")
 
     def get(self, name: str, field: str | None = None) -> T:

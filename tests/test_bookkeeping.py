@@ -16,13 +16,14 @@ import torch.nn as nn
 from dpbench.engine import bookkeeping
 from dpbench.engine.bookkeeping import BookKeepingClipper
 from dpbench.config.suite import TrainingSettings
+from dpbench.errors import UserError
 from dpbench.engine.measure import probe_step
 from dpbench.engine.trainer import DPTrainer, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
 from dpbench.registry import METHODS
 
 
-TOL = 1e-9
+TOL = 1e-10
 BATCH = 4
 METHOD_CASES = {
     "full": ("full", {}),
@@ -31,6 +32,9 @@ METHOD_CASES = {
     "lora": ("lora", {"target": "all"}),
     "loda-linear": ("loda", {"target": "all", "hidden": 0}),
     "loda": ("loda", {"target": "all", "hidden": 4}),
+    # peft's tuners: raw parameters and custom autograd functions, on the generic path (engine/generic.py)
+    **{name: (name, {}) for name in ("dora", "loha", "lokr", "oft", "ia3", "vera", "hra", "fourierft")},
+    "peft-loha-conv": ("peft", {"type": "loha", "r": 2, "target": "conv"}),
 }
 
 
@@ -235,6 +239,10 @@ def test_a_conv_offset_off_by_one_is_caught(monkeypatch, path):
     monkeypatch.setattr(bookkeeping, "_kernel_taps",
                         lambda conv, row_width: [(phase, offset + 1) for phase, offset in correct(conv, row_width)])
     clipper = BookKeepingClipper(case.model, case.params, 2, path=path)
+    if path == "instantiate":  # its summed gradient is wrong too: the first call's coverage check refuses it
+        with pytest.raises(UserError, match="path the engine did not see"):
+            clipper.weighted_sum(case.losses, lambda n: torch.ones_like(n))
+        clipper._coverage_checked = True  # to see the per-example comparison fail as well
     errors = errors_against(clipper, case.losses, case.params, reference, BATCH)
     assert errors["norm"] > 1e-3
     if path == "instantiate":
@@ -448,3 +456,99 @@ def test_layers_are_finished_during_the_backward_and_release_their_tensors():
     clipper.weighted_sum(case.losses, lambda n: torch.ones_like(n))
     assert len(finished) == len(clipper._layers) and not still_held
     assert {layer.weight_path for layer in finished if layer.weight_path} == {"ghost", "instantiate"}
+
+
+# ------------------------------------------------------------------- modules with raw parameters
+class ChannelScale(nn.Module):
+    """IA3-like: a raw per-channel scale on a frozen conv's output."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.base = conv.requires_grad_(False)
+        self.scale = nn.Parameter(1 + 0.1 * torch.randn(conv.out_channels, 1, 1))
+
+    def forward(self, x):
+        return self.base(x) * self.scale
+
+
+class Magnitude(nn.Module):
+    """DoRA-like: W' = m · (W + B A) / ‖W + B A‖ per output row, with raw m, A, B and a frozen W."""
+
+    def __init__(self, linear: nn.Linear, rank: int = 2):
+        super().__init__()
+        self.base = linear.requires_grad_(False)
+        self.A = nn.Parameter(0.3 * torch.randn(rank, linear.in_features))
+        self.B = nn.Parameter(0.3 * torch.randn(linear.out_features, rank))
+        self.m = nn.Parameter(linear.weight.norm(dim=1).detach().clone())
+
+    def forward(self, x):
+        w = self.base.weight + self.B @ self.A
+        return nn.functional.linear(x, self.m[:, None] * w / w.norm(dim=1, keepdim=True), self.base.bias)
+
+
+class RawParameterNet(nn.Module):
+    """Custom adapters next to a known layer; the scaled conv runs twice (a module reused in a forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = ChannelScale(nn.Conv2d(3, 4, 3, padding=1))
+        self.mag = Magnitude(nn.Linear(4, 5))
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        y = torch.tanh(self.conv(x)) + torch.tanh(self.conv(x.flip(-1)))
+        return self.head(torch.tanh(self.mag(y.mean((2, 3)))))
+
+
+@pytest.mark.parametrize("rows_per_example", [1, 2])
+def test_custom_modules_with_raw_parameters_are_exact_with_no_engine_change(rows_per_example):
+    torch.manual_seed(0)
+    model = RawParameterNet().double()
+    params = [p for p in model.parameters() if p.requires_grad]
+    k, batch = rows_per_example, 3
+    x = torch.randn(batch * k, 3, 6, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    clipper = BookKeepingClipper(model, params, k)
+    errors = errors_against(clipper, rows_losses(model, x, k), params,
+                            reference_for_rows(model, params, x, k, batch), batch)
+    assert max(errors.values()) <= TOL, errors
+    paths = clipper.weight_paths
+    assert paths["conv"] == paths["mag"] == "instantiate" and set(paths) == {"conv", "mag", "head"}  # two units
+
+
+class OutOfModule(nn.Module):
+    """The issue's reproduction: a known layer's weight also used outside the layer's own call."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.lin(x) + nn.functional.linear(x, self.lin.weight)
+
+
+def test_a_parameter_used_outside_its_module_is_refused_and_the_way_out_is_exact():
+    torch.manual_seed(0)
+    model = nn.Sequential(OutOfModule(), nn.Tanh(), nn.Linear(3, 2)).double()
+    params = list(model.parameters())
+    x = torch.randn(3, 4, dtype=torch.float64)
+    clipper = BookKeepingClipper(model, params, 1)
+    with pytest.raises(UserError, match=r"parameter 0\.lin\.weight: .*path the engine did not see"):
+        clipper.weighted_sum(rows_losses(model, x, 1), lambda n: torch.ones_like(n))
+    clipper.remove()
+    model[0].dpbench_per_example_unit = True  # the way out the error names: one unit for every use
+    clipper = BookKeepingClipper(model, params, 1)
+    errors = errors_against(clipper, rows_losses(model, x, 1), params, reference_for_rows(model, params, x, 1, 3), 3)
+    assert max(errors.values()) <= TOL, errors
+
+
+def test_the_out_of_module_error_comes_from_the_unseen_path_not_the_tolerance():
+    """Without the second use the same model passes the check (the refusal above is not a false alarm)."""
+    torch.manual_seed(0)
+    inner = OutOfModule()
+    inner.forward = lambda x: inner.lin(x)
+    model = nn.Sequential(inner, nn.Tanh(), nn.Linear(3, 2)).double()
+    params = list(model.parameters())
+    x = torch.randn(3, 4, dtype=torch.float64)
+    errors = errors_against(BookKeepingClipper(model, params, 1), rows_losses(model, x, 1), params,
+                            reference_for_rows(model, params, x, 1, 3), 3)
+    assert max(errors.values()) <= TOL, errors

@@ -109,3 +109,80 @@ def test_adding_a_method_is_one_file(tmp_path, monkeypatch):
     model = prepare_model(build_unet("tiny", 8, 1, 10), method, 10, "cpu")
     own = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("class_embedding")]
     assert own == ["conv_out.weight", "conv_out.bias"], "the template's prepare decides what trains"
+
+
+PEFT_TUNERS = {"dora": "lora_", "loha": "hada_", "lokr": "lokr_", "oft": "oft_", "ia3": "ia3_", "vera": "vera_lambda_",
+               "hra": "hra_", "fourierft": "fourierft_"}
+
+
+@pytest.mark.parametrize("name", list(PEFT_TUNERS))
+def test_peft_tuners_train_only_their_adapters(unet, name):
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    model = prepare_model(unet, METHODS.get(name)(), 10, "cpu")
+    own = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("class_embedding")]
+    assert own and all(PEFT_TUNERS[name] in n for n in own), own[:3]
+    targets = {n.split(f".{PEFT_TUNERS[name]}")[0].rsplit(".", 1)[-1] for n in own}
+    attention_only = name in ("vera", "fourierft", "loha", "oft", "hra")  # linear-only tuners, or slow on convs
+    assert targets == ({"to_q", "to_k", "to_v", "0"} if attention_only else {"to_q", "to_k", "to_v", "0", "conv1", "conv2"})
+    after = unet.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_ls_methods_states_each_methods_trainable_count_on_the_tiny_preset(unet):
+    """The count `dpbench ls methods` prints ("[tiny: N trainable]", adapters only) is the real one."""
+    import re
+
+    for entry in METHODS.entries():
+        if ":" in entry.name:  # a plug-in named by its import target
+            continue
+        stated = re.search(r"\[tiny: ([\d,]+) trainable\]", entry.description)
+        assert stated, f"{entry.name}: `ls methods` states no count"
+        model = prepare_model(unet, METHODS.get(entry.name)(), 10, "cpu")
+        own = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("class_embedding"))
+        assert own == int(stated.group(1).replace(",", "")), entry.name
+
+
+def test_the_generic_peft_method_takes_any_tuner_and_its_config_fields(unet):
+    model = prepare_model(unet, METHODS.get("peft")({"type": "LoHa", "r": 2, "target": "conv"}), 10, "cpu")
+    own = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("class_embedding")]
+    assert own and all("hada_" in n and (".conv1." in n or ".conv2." in n) for n in own)
+    assert model.get_submodule("down_blocks.0.resnets.0.conv1").hada_w1_a["default"].shape[1] == 2  # r = 2
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"type": "loha", "rank": 4}, r"options\.rank: not a field of peft's LoHaConfig"),
+    ({"type": "lohaa"}, r"options\.type: unknown peft tuner 'lohaa'"),
+    ({"type": "oft", "r": 4, "oft_block_size": 4}, r"peft's OFTConfig refuses them"),
+    ({"type": "loha", "target": "everything"}, r"options\.target"),
+])
+def test_bad_peft_options_are_user_errors(options, field):
+    with pytest.raises(UserError, match=field):
+        METHODS.get("peft")(options)
+
+
+def test_a_linear_only_tuner_on_convolutions_is_a_user_error(unet):
+    with pytest.raises(UserError, match=r"methods\[fourierft\]\.options\.target: .* choose target: attention"):
+        prepare_model(unet, METHODS.get("fourierft")({"target": "conv"}), 10, "cpu")
+    with pytest.raises(UserError, match=r"options\.type: fourierft is peft's"):
+        METHODS.get("fourierft")({"type": "lora"})
+
+
+@pytest.mark.parametrize("name", list(PEFT_TUNERS) + ["peft"])
+def test_every_trainable_parameter_moves_in_dp_training(name):
+    """opacus#820: peft adapters that never update. One private step on the default engine moves them all
+    (DPTrainer.train asserts it; the comparison here makes the test fail on its own if that check went)."""
+    from dpbench.config.suite import TrainingSettings
+    from dpbench.engine.trainer import DPTrainer
+    from dpbench.models.diffusion import make_noise_scheduler
+    from dpbench.privacy.accounting import ClippingRule, DPStep
+
+    torch.manual_seed(0)
+    model = prepare_model(build_unet("tiny", 8, 1, 3), METHODS.get(name)(), 3, "cpu")
+    step = DPStep(private=True, noise_multiplier=1.0, clipping=ClippingRule(mode="fixed", max_grad_norm=1.0),
+                  sample_rate=0.5, steps=1, expected_batch_size=4, physical_batch_size=4, noise_multiplicity=1,
+                  num_examples=8)
+    trainer = DPTrainer(model, make_noise_scheduler(), torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8) % 3, step,
+                        TrainingSettings(optimizer="sgd", lr=0.1, ema_decay=None), 0, "cpu")
+    before = [p.detach().clone() for p in trainer.params]
+    trainer.train(progress=False)
+    assert all(not torch.equal(p0, p.detach()) for p0, p in zip(before, trainer.params))

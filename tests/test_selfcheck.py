@@ -45,16 +45,31 @@ def test_selfcheck_fails_every_injected_fault(fault, failing):
     assert (value is False) if isinstance(value, bool) else value > 1e-2, (fault, check)
 
 
-def test_selfcheck_fails_without_the_channels_last_workaround():
+def test_selfcheck_fails_without_the_channels_last_workaround(monkeypatch):
     assert conv_workaround_enabled()
     with conv_workaround(False):
         report = run_selfcheck(["full", "loda"], grad_sample_mode="hooks")
     assert conv_workaround_enabled(), "the workaround is restored"
     assert report.passed is False
     for m in report.methods:
-        assert not m.passed and m.max_rel_error > 1e-2
-        # the wrong gradients are those of convolutions right after an attention block
-        assert any("resnets" in name or "upsamplers" in name for name in m.details)
+        # the engine's first chunk already refuses (its summed per-example gradients are not autograd's),
+        # naming a convolution right after an attention block
+        assert not m.passed and "summed gradient differs from autograd's" in m.error
+        assert "resnets" in m.error.split(":")[1] or "upsamplers" in m.error.split(":")[1]
+    from dpbench.engine.backends import OpacusBackend
+
+    with_check = OpacusBackend.per_example_gradients
+
+    def unchecked(self, loss_fn):
+        self._coverage_checked = True
+        return with_check(self, loss_fn)
+
+    monkeypatch.setattr(OpacusBackend, "per_example_gradients", unchecked)
+    with conv_workaround(False):  # past that check, the per-example comparison sees the wrong gradients too
+        report = run_selfcheck(["full"], grad_sample_mode="hooks")
+    (m,) = report.methods
+    assert not m.passed and m.max_rel_error > 1e-2
+    assert any("resnets" in name or "upsamplers" in name for name in m.details)
 
 
 @pytest.mark.parametrize("engine", ["hooks", "functorch"])
@@ -83,3 +98,16 @@ def test_unknown_fault_is_a_user_error(capsys):
 
     assert main(["selfcheck", "--inject", "no-noise"]) == 2
     assert "--inject 'no-noise'" in capsys.readouterr().err
+
+
+PEFT_TUNERS = ["dora", "loha", "lokr", "oft", "ia3", "vera", "hra", "fourierft"]
+
+
+@pytest.mark.parametrize("engine", ["hooks", "functorch"])
+@pytest.mark.parametrize("method", PEFT_TUNERS)
+def test_opacus_engines_refuse_peft_tuners_by_name(engine, method):
+    """Opacus has per-sample rules for known layer types only: a tuner's raw parameters are refused at
+    construction, naming the parameter and the engine that covers it (book-keeping passes them all)."""
+    check = run_selfcheck([method], grad_sample_mode=engine).methods[0]
+    assert not check.passed
+    assert check.error.startswith("UserError: parameter ") and "grad_sample_mode: bookkeeping" in check.error

@@ -178,7 +178,8 @@ class MethodSpec(Strict):
 
     @property
     def key(self) -> str:
-        return self.label or self.name
+        # a plug-in named by its import target (module:Class) gets a name that can be a path component
+        return self.label or self.name.replace(":", ".")
 
 
 class TrainingSettings(Strict):

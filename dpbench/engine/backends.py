@@ -23,6 +23,8 @@ from typing import Callable, Protocol
 import torch
 import torch.nn as nn
 
+from dpbench.engine.coverage import check_coverage, low_precision
+from dpbench.errors import UserError
 from dpbench.privacy import grad_samplers  # noqa: F401  (registers the conv workaround)
 from dpbench.privacy.clipping import accumulation_dtype
 
@@ -53,28 +55,66 @@ class OpacusBackend:
 
         self.model, self.named_params = model, named_params
         self.rows_per_example = rows_per_example
+        self.mode = "functorch" if functorch else "hooks"
+        self._refuse_modules_without_a_grad_sampler(model, named_params, GradSampleHooks.GRAD_SAMPLERS)
         self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="sum", force_functorch=functorch)
+        self._coverage_checked = False  # on the first call (dpbench/engine/coverage.py)
+
+    def _refuse_modules_without_a_grad_sampler(self, model, named_params, grad_samplers) -> None:
+        """Opacus covers the layer types in its grad-sampler registry; peft's raw parameters (IA3 vectors,
+        LoHa factors, DoRA magnitudes, OFT rotations, ...) live in modules it never hooks or refuses."""
+        from dpbench.engine.generic import find_units
+
+        units = find_units(model, [p for _, p in named_params], set(grad_samplers))
+        if units:
+            name, module, owned = units[0]
+            # name a parameter whose own module has no rule (DoRA's magnitude, not the LoRA factors beside it)
+            attr = next((a for a in owned if type(module.get_submodule(a.rpartition(".")[0])) not in grad_samplers),
+                        owned[0])
+            owner = module.get_submodule(attr.rpartition(".")[0])
+            where = f"{name}.{attr}" if name else attr
+            raise UserError(f"parameter {where}: Opacus' {self.mode} engine has no per-sample rule for its module "
+                            f"({type(owner).__module__}.{type(owner).__qualname__}) — use training.grad_sample_mode: "
+                            "bookkeeping, which covers any module")
 
     def per_example_gradients(self, loss_fn: LossFn) -> tuple[list[torch.Tensor], torch.Tensor]:
         """One [b, *shape] tensor per trainable parameter (accumulation dtype), and the losses [b]."""
         for _, p in self.named_params:
             p.grad_sample = None
             p.grad = None
-        losses = loss_fn()
+        outputs = []
+        if not self._coverage_checked:  # whether the forward ran under bf16/fp16 autocast, for the tolerance
+            owners = {id(p) for _, p in self.named_params}
+            watch = [m for m in self.model.modules() if any(id(p) in owners for p in m.parameters(recurse=False))]
+            handles = [m.register_forward_hook(lambda m, i, o: outputs.append(o)) for m in watch]
+        try:
+            losses = loss_fn()
+        finally:
+            if not self._coverage_checked:
+                for handle in handles:
+                    handle.remove()
         losses.sum().backward()
         b, k = len(losses), self.rows_per_example
-        grads = []
+        grads, summed = [], []
+        low = low_precision(o for o in outputs if isinstance(o, torch.Tensor))
         for name, p in self.named_params:
             gs = p.grad_sample
             if gs is None:
-                raise RuntimeError(f"no per-sample gradient for trainable parameter {name}")
+                raise UserError(f"parameter {name}: Opacus' {self.mode} engine computed no per-sample gradient for it "
+                                "(its module is never called, or Opacus has no rule for it) — use "
+                                "training.grad_sample_mode: bookkeeping, which covers any module")
             if isinstance(gs, list):  # parameter used twice in one forward: Opacus keeps one entry per use
                 gs = torch.stack(gs).sum(0)
             gs = gs.to(accumulation_dtype(p.dtype))
             # Opacus yields one row per (example, copy); the K copies of one example sum to its gradient.
             grads.append(gs.reshape(b, k, *p.shape).sum(1) if k > 1 else gs.reshape(b, *p.shape))
+            summed.append(p.grad)
             p.grad_sample = None
             p.grad = None
+        if not self._coverage_checked:
+            precision = "low" if low else grads[0].dtype
+            check_coverage([n for n, _ in self.named_params], [g.sum(0) for g in grads], summed, precision)
+            self._coverage_checked = True
         return grads, losses.detach()
 
     def weighted_sum(self, loss_fn, weights_fn):

@@ -82,7 +82,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Optional
+from typing import Callable, Iterable, Literal, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -154,19 +154,19 @@ class _Layer:
 
     def __init__(self, name: str, module: nn.Module, trainable: list[str]):
         self.name, self.module, self.trainable = name, module, trainable
-        self.dtype = torch.promote_types(getattr(module, trainable[0]).dtype, torch.float32)
+        self.dtype = torch.promote_types(module.get_parameter(trainable[0]).dtype, torch.float32)
         self.calls: list[_Call] = []
         self.weight_path: Optional[str] = None  # "ghost" or "instantiate", once decided
         self._workspace: Optional[torch.Tensor] = None
 
-    def record(self, inputs: tuple, output: torch.Tensor) -> _Call:
+    def record(self, inputs: tuple, kwargs: dict, output: torch.Tensor) -> _Call:
         x = inputs[0]
         kept = x.detach() if "weight" in self.trainable else None  # kept alive, it would outlive autograd's copy
         self.calls.append(_Call(kept, weakref.ref(output), len(x), x._version, output._version))
         return self.calls[-1]
 
     def shape(self, attr: str) -> torch.Size:
-        return getattr(self.module, attr).shape
+        return self.module.get_parameter(attr).shape
 
     def per_example(self, batch: int, path: str) -> tuple[torch.Tensor, dict[str, WeightedSum]]:
         """Squared per-example gradient norms [b] of the trainable parameters, and their weighted sums;
@@ -477,12 +477,25 @@ class BookKeepingClipper:
             raise ValueError(f"path must be 'auto', 'ghost' or 'instantiate', not {path!r}")
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, not {rule!r}")
+        from dpbench.engine.generic import GenericLayer, find_units
+
         self.rows_per_example, self.path, self.rule = rows_per_example, path, rule
         position = {id(p): i for i, p in enumerate(params)}
         self._slots: list[Optional[tuple[_Layer, str]]] = [None] * len(params)
         self._layers: list[_Layer] = []
+        # modules book-keeping has no rule for go to the generic per-example path (dpbench/engine/generic.py)
+        for name, module, owned in find_units(model, params, _LAYER_TYPES):
+            layer = GenericLayer(name, module, owned)
+            for attr in owned:
+                slot = position[id(module.get_parameter(attr))]
+                if self._slots[slot] is not None:
+                    raise NotImplementedError(f"parameter {name}.{attr} is shared with another module")
+                self._slots[slot] = (layer, attr)
+            self._layers.append(layer)
+        claimed = {id(p) for layer in self._layers for p in layer.module.parameters()}
         for name, module in model.named_modules():
-            owned = [(attr, p) for attr, p in module.named_parameters(recurse=False) if id(p) in position]
+            owned = [(attr, p) for attr, p in module.named_parameters(recurse=False)
+                     if id(p) in position and id(p) not in claimed]
             if not owned:
                 continue
             layer_type = _LAYER_TYPES.get(type(module))
@@ -499,16 +512,20 @@ class BookKeepingClipper:
         if missing:
             raise ValueError(f"parameters at positions {missing} are not owned by any module of the model")
         self.norm_dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+        names = {id(p): name for name, p in model.named_parameters()}
+        self._params, self._names = params, [names.get(id(p), f"#{i}") for i, p in enumerate(params)]
+        self._coverage_checked = False  # on the first call (dpbench/engine/coverage.py)
         self._recording = False
-        self._handles = [layer.module.register_forward_hook(self._hook(layer)) for layer in self._layers]
+        self._handles = [layer.module.register_forward_hook(self._hook(layer), with_kwargs=True)
+                         for layer in self._layers]
         self._gradient_hooks: list = []  # on the recorded outputs, for one call of weighted_sum
         self._pending: dict[_Layer, int] = {}  # the layers whose outputs' gradients have not all arrived
         self._finish: Optional[Callable[[_Layer], None]] = None
 
     def _hook(self, layer: _Layer):
-        def record(module, inputs, output):
+        def record(module, inputs, kwargs, output):
             if self._recording and torch.is_grad_enabled():
-                call = layer.record(inputs, output)
+                call = layer.record(inputs, kwargs, output)
                 if output.requires_grad:
                     self._gradient_hooks.append(output.register_hook(lambda grad: self._arrived(layer, call, grad)))
                     self._pending[layer] = self._pending.get(layer, 0) + 1
@@ -564,6 +581,9 @@ class BookKeepingClipper:
                                  f"{self.rows_per_example} rows")
         path = self.rule if self.path == "auto" else self.path
         layer_norms, layer_sums = {}, {}
+        # the first call also asks autograd for every parameter's gradient: the coverage check
+        check = not self._coverage_checked
+        low = any(t.dtype in (torch.bfloat16, torch.float16) for t in self._recorded_outputs(calls))
 
         def finish(layer: _Layer) -> None:
             layer.calls = [c for c in layer.calls if c.output_grad is not None]  # unused outputs contribute 0
@@ -574,8 +594,8 @@ class BookKeepingClipper:
                         c.input = c.output_grad = None
                     layer.calls = []
 
-        if self._pending:
-            self._backward(losses, finish)
+        autograd_sums = self._backward(losses, finish, self._params if check else []) if self._pending else \
+            [None] * (len(self._params) if check else 0)
         for layer in self._layers:
             if layer.calls and layer not in layer_norms:
                 finish(layer)
@@ -584,29 +604,46 @@ class BookKeepingClipper:
             if layer in layer_norms:
                 norms_sq += layer_norms[layer]
         norms = norms_sq.sqrt()
+        if check:
+            from dpbench.engine.coverage import check_coverage
+
+            check_coverage(self._names, self._sums(layer_sums, torch.ones_like(norms), losses.device),
+                           autograd_sums, "low" if low else self.norm_dtype)
+            self._coverage_checked = True
         weights = weights_fn(norms)
         if weights.shape != (batch,):
             raise ValueError(f"weights_fn must return weights of shape [{batch}], not {tuple(weights.shape)}")
+        return self._sums(layer_sums, weights, losses.device), norms, losses.detach()
+
+    def _sums(self, layer_sums, weights: torch.Tensor, device) -> list[torch.Tensor]:
         sums = []
         for layer, attr in self._slots:
             if layer in layer_sums:
                 sums.append(layer_sums[layer][attr](weights.to(layer.dtype)))
             else:  # the module did not run, or its output did not reach the loss
-                sums.append(torch.zeros(layer.shape(attr), dtype=layer.dtype, device=losses.device))
-        return sums, norms, losses.detach()
+                sums.append(torch.zeros(layer.shape(attr), dtype=layer.dtype, device=device))
+        return sums
 
-    def _backward(self, losses: torch.Tensor, finish: Callable[[_Layer], None]) -> None:
+    def _backward(self, losses: torch.Tensor, finish: Callable[[_Layer], None], checked: Sequence[torch.Tensor]
+                  ) -> list[Optional[torch.Tensor]]:
         """The one backward; :meth:`_arrived` finishes each layer as its outputs' gradients come in. Asking
         autograd for the outputs' gradients would keep every one of them until the end (bias-only DP took
         1.9× the non-private memory that way); it is asked instead for one small trainable parameter per
-        layer (a bias where there is one), whose gradient needs the gradient of each of the layer's outputs."""
-        anchors = [min((getattr(layer.module, attr) for attr in layer.trainable), key=lambda p: p.numel())
+        layer (a bias where there is one), whose gradient needs the gradient of each of the layer's outputs —
+        and for the parameters in ``checked`` (the coverage check), whose gradients it returns."""
+        anchors = [min((layer.module.get_parameter(attr) for attr in layer.trainable), key=lambda p: p.numel())
                    for layer in self._pending]
         self._finish = finish
         try:
-            torch.autograd.grad(losses.sum(), anchors, allow_unused=True)
+            grads = torch.autograd.grad(losses.sum(), [*anchors, *checked], allow_unused=True)
         finally:
             self._finish = None
+        return list(grads[len(anchors):])
+
+    @staticmethod
+    def _recorded_outputs(calls) -> list[torch.Tensor]:
+        outputs = [c.output() if isinstance(c.output, weakref.ref) else c.output for _, c in calls]
+        return [o for o in outputs if o is not None]
 
     def _forget_gradient_hooks(self) -> None:
         for handle in self._gradient_hooks:
@@ -630,7 +667,7 @@ class BookKeepingClipper:
         total = 0
         for layer in self._layers:
             if layer.weight_path != "ghost":
-                total += sum(getattr(layer.module, attr).numel() for attr in layer.trainable) * torch.finfo(self.norm_dtype).bits // 8
+                total += sum(layer.shape(attr).numel() for attr in layer.trainable) * torch.finfo(self.norm_dtype).bits // 8
         return total
 
     def held_bytes(self) -> int:

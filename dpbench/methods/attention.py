@@ -1,4 +1,4 @@
-"""Attention-only: every parameter of the UNet's attention blocks trains (the DP-LDM recipe)."""
+"""Attention-only: every parameter of the UNet's attention blocks trains (the DP-LDM recipe) [tiny: 17,152 trainable]"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""BitFit: only bias terms train (convolutions, linear layers and normalisation shifts)."""
+"""BitFit: only bias terms train (convolutions, linear layers and normalisation shifts) [tiny: 2,097 trainable]"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LoDA: low-dimensional *nonlinear* adapters, x ↦ W x + B(h + g(h)) with h = A x (contains LoRA as g ≡ 0).
+"""LoDA: low-dimensional *nonlinear* adapters, x ↦ W x + B(h + g(h)) with h = A x (contains LoRA as g ≡ 0) [tiny: 28,352 trainable]
 
 Low-Dimensional Adaptation (Lowy et al., arXiv 2406.05257). For a frozen layer ``W`` (``nn.Linear``
 or ``nn.Conv2d``)::

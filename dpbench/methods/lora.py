@@ -1,4 +1,4 @@
-"""LoRA (peft): frozen weights plus a trainable low-rank update B·A on attention projections and/or ResNet convs."""
+"""LoRA (peft): frozen weights plus a trainable low-rank update B·A on attention projections (default) and/or ResNet convs [tiny: 4,096 trainable]"""
 
 from __future__ import annotations
 
