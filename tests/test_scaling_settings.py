@@ -27,7 +27,7 @@ def test_executor_is_a_name_or_a_mapping():
     assert parse_suite(_quickstart(executor="ray")).executor.gpus_per_run == 1
     with pytest.raises(UserError, match="executor: gpus_per_run is for the ray executor only"):
         parse_suite(_quickstart(executor={"name": "local", "gpus_per_run": 0}))
-    with pytest.raises(UserError, match="executor.gpus_per_run: Input should be less than or equal to 1"):
+    with pytest.raises(UserError, match="executor.gpus_per_run: must be ≤ 1"):
         parse_suite(_quickstart(executor={"name": "ray", "gpus_per_run": 2}))
 
 
