@@ -1,6 +1,6 @@
 """Step time of book-keeping clipping vs. Opacus' hooks vs. a non-private step, per method (plain script).
 
-    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/bench_bookkeeping.py [--steps 6] [--path auto] [--profile]
+    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/bench_bookkeeping.py [--steps 6] [--path auto] [--rule memory] [--profile]
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_bookkeeping.py --clock cpu
 
 On the ``small`` preset at 28×28, batch 32, K = 1, float32 on CPU, three steps are timed *interleaved*
@@ -83,7 +83,8 @@ class LayerTimer:
         return run
 
 
-def bench_method(method: str, pretrained, steps: int, path: str, profile: bool, clock=time.perf_counter) -> dict:
+def bench_method(method: str, pretrained, steps: int, path: str, profile: bool, clock=time.perf_counter,
+                 rule: str = "memory") -> dict:
     name, options = METHOD_CASES[method]
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(BATCH, 1, IMAGE, IMAGE, generator=gen) * 2 - 1
@@ -92,7 +93,7 @@ def bench_method(method: str, pretrained, steps: int, path: str, profile: bool, 
     nonprivate = trainer_for(model, images, labels, private=False)
     opacus = trainer_for(copy.deepcopy(model), images, labels, private=True)
     bk = trainer_for(copy.deepcopy(model), images, labels, private=False)
-    clipper = BookKeepingClipper(bk.model, bk.params, 1, path=path)
+    clipper = BookKeepingClipper(bk.model, bk.params, 1, path=path, rule=rule)
     batch = (images, *nonprivate.draw_diffusion_inputs(labels))
 
     def nonprivate_step():
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--methods", nargs="*", default=list(METHOD_CASES), choices=list(METHOD_CASES))
     parser.add_argument("--path", default="auto", choices=["auto", "ghost", "instantiate"])
+    parser.add_argument("--rule", default="memory", choices=["memory", "time"], help="BK's per-layer rule for path=auto")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"])
     args = parser.parse_args()
@@ -138,12 +140,12 @@ def main() -> None:
     torch.manual_seed(0)
     pretrained = build_unet("small", IMAGE, 1, CLASSES)
     print(f"small preset, {IMAGE}x{IMAGE}, batch {BATCH}, K=1, float32, {torch.get_num_threads()} threads, "
-          f"median of {args.steps} interleaved steps, {args.clock} clock, BK path={args.path}")
+          f"median of {args.steps} interleaved steps, {args.clock} clock, BK path={args.path}, rule={args.rule}")
     head = (f"{'method':<10} {'trainable':>9} {'non-priv ms':>11} {'opacus ms':>9} {'BK ms':>7} "
             f"{'opacus/np':>9} {'BK/np':>6} {'BK ex/s':>8}")
     print(head + "\n" + "-" * len(head))
     for method in args.methods:
-        r = bench_method(method, pretrained, args.steps, args.path, args.profile, clock)
+        r = bench_method(method, pretrained, args.steps, args.path, args.profile, clock, args.rule)
         npv = r["nonprivate"]
         print(f"{method:<10} {r['trainable']:>9} {npv:>11.0f} {r['opacus']:>9.0f} {r['bk']:>7.0f} "
               f"{r['opacus'] / npv:>9.2f} {r['bk'] / npv:>6.2f} {BATCH / r['bk'] * 1e3:>8.1f}", flush=True)
