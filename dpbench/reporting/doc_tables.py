@@ -89,9 +89,12 @@ def render_crossover(profile: Profile) -> str:
     rows = crossovers(result) if result else None
     if not rows:
         return "(no crossover: the profile measures one model size, or no full fine-tuning)"
+    def cost(what: str, where: str) -> str:
+        return f"{what}: {where}" if where.startswith("not below") else f"below full's {what} {where}"
+
     return "\n".join(f"- {method}: below full fine-tuning's DP step time and DP total peak memory {time}." if time == memory
-                     else f"- {method}: below full fine-tuning's DP step time {time}; below its DP total peak memory "
-                          f"{memory}." for method, time, memory in rows)
+                     else f"- {method}: {cost('DP step time', time)}; {cost('DP total peak memory', memory)}."
+                     for method, time, memory in rows)
 
 
 def render_dp_overhead(baseline: DpOverheadBaseline) -> str:
