@@ -1,6 +1,6 @@
 """The audit table of docs/audit.md from a suite's results directory (``audit*.json`` and ``result.json``).
 
-    python benchmarks/audit_table.py RESULTS/<suite>
+    python benchmarks/audit_table.py RESULTS/<suite> [MORE_RESULTS/<suite> ...]
 
 One row per audit: the canary kind, claimed ε, ε_low per threat model with correct / guesses, the
 f-DP audit (μ_low with its correct / guesses, the CLT μ of the audited run — an estimate — and whether
@@ -55,17 +55,18 @@ def _needed(audit) -> str:
     return f"> {CANARY_COUNTS[-1]}"
 
 
-def main(results_dir: str) -> int:
-    folder = Path(results_dir)
-    audits = load_audits(folder)
-    if not audits:
-        print(f"no audit*.json under {folder}/runs", file=sys.stderr)
+def main(*results_dirs: str) -> int:
+    """One table over every folder (e.g. one per canary kind or count, whose audit files would collide)."""
+    found = [(Path(d), a) for d in results_dirs for a in load_audits(Path(d))]
+    if not found:
+        print(f"no audit*.json under {', '.join(f'{d}/runs' for d in results_dirs)}", file=sys.stderr)
         return 2
+    audits = [a for _, a in found]
     print("| run | fault | canaries | ε | ε_low final-weights | ε_low all-steps | μ_low | CLT μ | claimed curve "
           "| replay (max B·Δ/S) | audit s | run+eval s | verdict | expected | canaries needed |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     ok = True
-    for a in sorted(audits, key=lambda a: (a.fault or "", a.epsilon, a.method_label)):
+    for folder, a in sorted(found, key=lambda f: (f[1].fault or "", f[1].epsilon, f[1].method_label, f[1].canaries)):
         models = {t.name: t for t in a.threat_models}
         replay = a.replay or {}
         ratio = replay.get("max_difference_over_sensitivity")
@@ -95,4 +96,4 @@ def main(results_dir: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1]))
+    raise SystemExit(main(*sys.argv[1:]))

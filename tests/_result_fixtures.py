@@ -168,13 +168,15 @@ def update_run(results_dir, run_id: str, **changes) -> RunResult:
     return updated
 
 
-def write_audit(results_dir, run: RunResult, *, eps_low: float, fault: Optional[str] = None) -> Path:
+def write_audit(results_dir, run: RunResult, *, eps_low: float, fault: Optional[str] = None,
+                fdp: Optional[dict] = None) -> Path:
+    """``fdp``: mu_lower_bound, claimed_mu_clt, fdp_refutes_claim (absent: an audit from before the f-DP audit)."""
     audit = AuditResult(
         run_id=run.run_id, suite=run.suite, method=run.method, method_label=run.method_label, epsilon=run.epsilon,
         delta=run.delta, fault=fault, canaries=1000, epsilon_lower_bound=eps_low, confidence=0.95,
         threat_models=[{"name": "gradient canary", "eps_low": eps_low, "guesses": 200, "correct": 131 if fault else 104,
                         "k_plus": 100, "k_minus": 100}],
-        passed=eps_low <= run.epsilon and fault is None, seconds=120.0, device=DEVICE, git_sha=GIT_SHA)
+        passed=eps_low <= run.epsilon and fault is None, seconds=120.0, device=DEVICE, git_sha=GIT_SHA, **(fdp or {}))
     return write_model(Path(results_dir) / "runs" / run.run_id / "audit.json", audit, inside=results_dir)
 
 

@@ -177,10 +177,13 @@ def test_the_guess_family_is_fixed_by_m_and_corrected_over_every_rule():
 
 
 # ------------------------------------------------------------------------------------------------ replay
-@pytest.mark.parametrize("fault", [None, "no-clip", "realised-divisor"])
+@pytest.mark.parametrize("fault", [None, "no-clip", "realised-divisor", "halved-norms"])
 def test_replay_check_passes_the_real_loop_and_fails_broken_ones(fault):
     n, batch, steps = 24, 24, 3
-    trainer = _trainer(fault, _step(n, batch, steps, sigma=1.0), n)
+    # halved norms matter only where the rule clips: automatic clipping always does (fixed C = 1 does not
+    # clip these small gradients, and below 2·C a halved norm changes nothing)
+    clipping = ClippingRule(mode="auto") if fault == "halved-norms" else None
+    trainer = _trainer(fault, _step(n, batch, steps, sigma=1.0, clipping=clipping), n)
     check = ReplayCheck(trainer, examples=[0, 1, 2, 3]).attach()
     trainer.train(progress=False)
     check.detach()
@@ -197,6 +200,9 @@ def test_replay_check_passes_the_real_loop_and_fails_broken_ones(fault):
     else:
         assert not check.passed
         failing = {r.record.split()[0] for r in check.records if not r.ok}
+        if fault == "halved-norms":  # the engine's norms: real examples enter at up to 2·C, gradient canaries bypass it
+            assert failing == {"example"} and 1.05 < check.max_ratio <= 2 + 1e-3, check.records
+            return
         # an unclipped canary moves the step by its 10·C; a realised divisor moves it by the rescaled noise
         assert "canary" in failing
         assert check.max_ratio > (9.9 if fault == "no-clip" else 1.05)

@@ -101,7 +101,8 @@ def built(tmp_path_factory):
     make_profile(results / "profile.json", max_batch=True)
     make_profile(results / "profile-scaling.json", model_sizes=MODEL_SIZES, batch_sizes=(16, 64))
     write_audit(results, update_run(results, run_id_of("full", 1.0, 0)), eps_low=0.41)
-    write_audit(results, update_run(results, run_id_of("lora", 1.0, 0)), eps_low=2.7, fault="no_clipping")
+    write_audit(results, update_run(results, run_id_of("lora", 1.0, 0)), eps_low=2.7, fault="no_clipping",
+                fdp={"mu_lower_bound": 1.234, "claimed_mu_clt": 0.419, "fdp_refutes_claim": True})
     index = build_report(results, root / "out")
     return results, index, Page(index.read_text()), (index.parent / "report.md").read_text()
 
@@ -396,6 +397,8 @@ def test_audits(built):
     assert sound["ε_low"].startswith("0.41 ")
     assert (control["fault"], control["passed"]) == ("no_clipping", "NO")
     assert "131 / 200" in control["threat models: correct / guesses (ε_low)"]
+    assert control["f-DP: μ_low (CLT μ), claimed curve"] == "1.23 (0.419), refuted"
+    assert sound["f-DP: μ_low (CLT μ), claimed curve"] == "—"  # an audit.json from before the f-DP audit
 
 
 def test_provenance_footer(built):

@@ -35,6 +35,7 @@ def test_selfcheck_cli_passes_for_every_method(tmp_path):
     ("no-clip", "clip_ok"),
     ("low-noise", "noise_ok"),
     ("repeated-noise", "noise_ok"),
+    ("halved-norms", "max_rel_error"),
 ])
 def test_selfcheck_fails_every_injected_fault(fault, failing):
     """Each mutant of the DP loop fails the check written for it (and nothing else hides it)."""

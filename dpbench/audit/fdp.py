@@ -20,10 +20,12 @@ correct-guess count: start at ``rc = β·v/m`` (mass of correct guesses) and ``h
 
 with ``B⁻¹(x) = f(1 − x)`` the inverse blow-up of a symmetric f (the least type-I error of a test
 with power x; for μ-GDP ``Φ(Φ⁻¹(x) − μ)``). The claim "f-DP" is refuted at significance β when
-``rc + h > r/m`` at the end. :func:`claim_refuted` implements exactly this; it was checked against
-the two public implementations, Meta's PrivacyGuard (``FDPAnalysisNode.audit_rh_with_cap``, the
-authors' group) and DeepMind's jax_privacy (``_epsilon_one_run_fdp``, which also caps rc at 1 and
-stops once h is unchanged — afterwards nothing changes).
+``rc + h > r/m`` at the end. :func:`claim_refuted` is this recursion as the two public implementations
+write it (read side by side, not run here: neither is installed): Meta's PrivacyGuard
+(``FDPAnalysisNode.audit_rh_with_cap``, the authors' group; for membership, alphabet k = 2) and
+DeepMind's jax_privacy (``_epsilon_one_run_fdp``, which also caps rc at 1 and stops once h is
+unchanged — afterwards nothing changes). tests/test_audit_fdp.py checks it against the exact p-value
+sigmoid(ε)ⁿ of n-of-n correct guesses under pure ε-DP.
 
 Two curves
 ----------

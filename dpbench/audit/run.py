@@ -11,8 +11,11 @@ q = B / (N + m_in) (the expected batch, hence the divisor, stays B). A smaller q
 privacy loss, so the audited run's own ε (recorded as ``epsilon_audited_mechanism``) is ≤ the claimed
 ε, and a bound above the claimed ε refutes both.
 
-The run fails the audit when ε_low (any threat model, family-wise 95%) exceeds the claimed ε or when
-the record/replay sensitivity check (dpbench/audit/replay.py) fails.
+The run fails the audit when ε_low (any threat model) exceeds the claimed ε, when the same guesses
+refute the trade-off curve the accountant claims for the audited (σ, q, T) (dpbench/audit/fdp.py; the
+two tests share one family at 95%), or when the record/replay sensitivity check
+(dpbench/audit/replay.py) fails. ``canary_kind="engine"`` puts canaries through the trainer's own
+clipping backend (:class:`EngineCanaries`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ On a tiny class-conditional UNet *with attention*, for every registered method a
 
 (a) per-example gradients (recovered from the backend with one-hot weights, so every backend is
     checked the same way) equal an explicit per-example autograd loop — max relative error ≤ 1e-6
-    (float64);
+    (float64) — and so do the per-example norms the backend hands the clipping rule;
 (b) one DP step changes every trainable parameter and no frozen one;
 (c) every example's clipped contribution has norm ≤ C·(1+1e-6) (and examples above C are scaled to C),
     in float64 and again under bf16 autocast (CUDA's, or CPU's where CUDA is absent), where the
@@ -90,6 +90,13 @@ def engine_per_example_gradients(trainer, x, t, noise, labels) -> list[list[torc
     return out
 
 
+def engine_norms(trainer, x, t, noise, labels) -> torch.Tensor:
+    """The per-example norms the backend hands the clipping rule (what its weights are computed from)."""
+    _, norms, _ = trainer.backend.weighted_sum(lambda: trainer.example_losses(x, t, noise, labels),
+                                               trainer.clipper.weights)
+    return norms.to(torch.float64)
+
+
 def reference_example_loss(model, scheduler, x, t, noise, labels) -> torch.Tensor:
     """One example's loss written from the definition (not the engine's code): the mean over its K copies
     of ‖ε_θ(√ᾱ_t x + √(1−ᾱ_t) ε, t, y) − ε‖² / dim."""
@@ -156,7 +163,12 @@ def _check(result, name, options, device, grad_sample_mode, seed, k, fault):
             for (pname, _), r, g in zip(trainer.named_params, ref, engine[i]):  # name the culprit
                 if float((g.to(torch.float64) - r).norm() / flat_ref.norm()) > REL_ERR_LIMIT and pname not in result.details:
                     result.details.append(pname)
-    result.max_rel_error = worst
+    # the norms the clipping weights come from: right gradients with wrong norms clip wrongly
+    reference_norms = torch.tensor(norms, dtype=torch.float64)
+    norm_error = float(((engine_norms(trainer, x, t, noise, lab).cpu() - reference_norms).abs() / reference_norms).max())
+    if norm_error > REL_ERR_LIMIT:
+        result.details.append("per-example norms")
+    result.max_rel_error = max(worst, norm_error)
 
     # (c) clipping in float64, with C inside the spread of norms so both branches are exercised
     c = float(torch.tensor(norms).median())

@@ -252,17 +252,27 @@ def audits_section(doc: Document, ctx: ReportContext) -> None:
         return
     doc.section("audits", "Privacy audits")
     doc.paragraph("`dpbench audit` trains with canaries and bounds ε from below: ε_low is an empirical lower "
-                  "bound at the stated confidence. A sound run has ε_low ≤ the claimed ε (passed); a negative "
-                  "control (an injected fault) is expected to fail.", "note")
+                  "bound at the stated confidence; the f-DP audit tests the same guesses against the trade-off "
+                  "curve the accountant claims (μ_low: the largest Gaussian μ they refute; CLT μ: an estimate "
+                  "of the run's μ, not a bound). A sound run has ε_low ≤ the claimed ε and its claimed curve "
+                  "stands (passed); a negative control (an injected fault) is expected to fail.", "note")
     order = {m: i for i, m in enumerate(ctx.grid.methods)}
     audits = sorted(ctx.audits, key=lambda a: (order.get(a.method_label, len(order)), a.method_label, a.epsilon))
     rows = [[a.run_id, a.method_label, a.fault or "none", display_epsilon(a.epsilon),
              f"{format_number(a.epsilon_lower_bound, 3)} ({format_number(a.confidence)} confidence)",
-             "; ".join(_threat_model_text(t) for t in a.threat_models) or MISSING, str(a.canaries),
+             "; ".join(_threat_model_text(t) for t in a.threat_models) or MISSING, _fdp_text(a), str(a.canaries),
              "yes" if a.passed else "NO"]
             for a in audits]
     doc.table(Table(["run", "method", "fault", "claimed ε", "ε_low", "threat models: correct / guesses (ε_low)",
-                     "canaries", "passed"], rows, "audits"))
+                     "f-DP: μ_low (CLT μ), claimed curve", "canaries", "passed"], rows, "audits"))
+
+
+def _fdp_text(audit: AuditResult) -> str:
+    """Audits written before the f-DP audit have none."""
+    if audit.fdp_refutes_claim is None:
+        return MISSING
+    return (f"{format_number(audit.mu_lower_bound, 3)} ({format_number(audit.claimed_mu_clt, 3)}), "
+            f"{'refuted' if audit.fdp_refutes_claim else 'stands'}")
 
 
 def _threat_model_text(threat_model: ThreatModelResult) -> str:
