@@ -11,7 +11,6 @@ import importlib.metadata
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
