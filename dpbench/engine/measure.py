@@ -42,12 +42,19 @@ def probe_step(batch: int, private: bool, noise_multiplicity: int = 1, clipping=
                   noise_multiplicity=noise_multiplicity, num_examples=batch)
 
 
+def optimizer_state_copies(training) -> int:
+    """Copies of the trainable parameters the optimiser keeps: Adam(W) 2, SGD with momentum 1, plain SGD 0."""
+    if training.optimizer == "sgd":
+        return 0 if training.momentum == 0 else 1
+    return 2
+
+
 def memory_breakdown(trainer) -> dict[str, int]:
     """Analytic bytes, so a reader sees *why* one method uses less than another."""
     params = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
     trainable = sum(p.numel() * p.element_size() for p in trainer.params)
     s = trainer.training
-    states = 0 if s.optimizer == "sgd" and s.momentum == 0 else (1 if s.optimizer == "sgd" else 2)
+    states = optimizer_state_copies(s)
     out = {"parameters": params, "trainable": trainable, "optimizer_state": states * trainable,
            "ema": trainable if trainer.ema is not None else 0}
     if trainer.backend is not None:

@@ -127,11 +127,7 @@ def check_calibration_range(epsilon: float, steps: int, accountant: str) -> None
 
 
 def _epsilon_of(sigma: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
-    from opacus.accountants import create_accountant
-
-    acc = create_accountant(mechanism=accountant)
-    acc.history = [(sigma, sample_rate, steps)]
-    return float(acc.get_epsilon(delta=delta))
+    return epsilon_spent(accountant, [(sigma, sample_rate, steps)], delta)
 
 
 def _calibrate_prv(epsilon: float, delta: float, sample_rate: float, steps: int, rdp_sigma: float) -> float:

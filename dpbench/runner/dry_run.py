@@ -85,7 +85,9 @@ class DryRun:
 def analytic_memory_bytes(model: torch.nn.Module, training, private: bool, physical: int, k: int) -> int:
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    states = 0 if training.optimizer == "sgd" and training.momentum == 0 else (1 if training.optimizer == "sgd" else 2)
+    from dpbench.engine.measure import optimizer_state_copies
+
+    states = optimizer_state_copies(training)
     ema = trainable if training.ema_decay is not None else 0
     per_example = trainable * physical * k if private else trainable  # a plain step holds one gradient
     return params + states * trainable + ema + per_example
