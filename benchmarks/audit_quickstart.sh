@@ -10,7 +10,7 @@
 #   AUDIT_FAULT_EPS=2       the ε the negative controls run at (each must fail: exit 1). With δ = 1e-4
 #                           the (ε, δ) bound cannot certify ε_low above ≈ 3.7 (docs/audit.md); the
 #                           f-DP audit can refute ε = 10 too (AUDIT_FAULT_EPS=10), for gross leaks only.
-#   AUDIT_CANARIES=1000     canaries per audited run
+#   AUDIT_CANARIES=5000     canaries per audited run (dpbench audit's default)
 #   AUDIT_FAULTS="low-noise no-clip realised-divisor repeated-noise halved-norms"
 #   AUDIT_SKIP_RUNS=1       do not train the suite's own runs (no run+eval time column)
 #   PYTHON=python           the interpreter (dpbench importable)
@@ -20,7 +20,7 @@ SUITE=${1:-suites/quickstart.yaml}
 ROOT=${2:-results-audit}
 EPS=${AUDIT_EPS:-10}
 FAULT_EPS=${AUDIT_FAULT_EPS:-2}
-CANARIES=${AUDIT_CANARIES:-1000}
+CANARIES=${AUDIT_CANARIES:-5000}
 FAULTS=${AUDIT_FAULTS:-"low-noise no-clip realised-divisor repeated-noise halved-norms"}
 PY=${PYTHON:-python}
 NAME=$($PY -c "import sys; from dpbench.config.suite import load_suite, resolve_suite_path; print(load_suite(resolve_suite_path(sys.argv[1])).name)" "$SUITE") || exit 2

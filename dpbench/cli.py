@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help=SUITE_HELP)
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="restrict the runs (method=, label=, epsilon=, seed=); repeatable; ε = ∞ runs are skipped")
-    p.add_argument("--canaries", type=int, default=1000, metavar="M", help="gradient canaries per run (default 1000)")
+    p.add_argument("--canaries", type=int, default=None, metavar="M",
+                   help="canaries per run (default 5000: enough for the f-DP audit to refute ε = 10 — docs/audit.md)")
     p.add_argument("--canary-kind", default="random", choices=("random", "dirac", "engine"),
                    help="canary gradient direction: a random unit vector (default), one coordinate, or engine: "
                         "entered through the class embedding so the engine under audit computes norm and weight")
