@@ -209,6 +209,12 @@ def test_pairwise_differences_mark_every_non_significant_pair(built):
     assert "(not significant, Holm-adjusted" in differences[("1", "full", "lora")]
     assert all(re.search(r"\((not )?significant, Holm-adjusted p [=<] [0-9.]+\)$", v) for v in differences.values())
     assert not any("n.s." in v for v in differences.values())
+    # Issue 23: a pair that is not significant gets a power estimate, labelled as one; a significant one none.
+    rows = {(r["ε"], r["method a"], r["method b"]): r for r in page.rows("differences")}
+    assert rows[("1", "full", "loda")]["seeds to resolve (estimate)"] == "—"
+    unresolved = rows[("1", "full", "lora")]
+    assert int(unresolved["seeds to resolve (estimate)"]) > int(unresolved["seeds paired"])
+    assert any("an estimate of how many paired seeds" in n for n in page.paragraphs["note"])
 
 
 def test_single_seed_has_no_intervals_and_no_significance(tmp_path):

@@ -16,6 +16,7 @@ from dpbench.reporting.stats import (
     holm_adjust,
     mean_interval,
     paired_difference,
+    seeds_for_power,
 )
 
 # t quantile for a two-sided 95% interval with 3 degrees of freedom (any t-table: 3.182).
@@ -239,3 +240,34 @@ def test_holm_adjustment_by_hand():
     assert untested.adjustment is None and untested.significant is None
     assert (first.low, first.high) == (0.01, 0.2)  # intervals unchanged
     assert holm_adjust([diff(0.7), diff(0.9)])[0].p_value == 1.0  # capped at 1
+
+
+# ------------------------------------------------------------------------------------------- power (issue 23)
+def _simulated_power(effect: float, n: int, sims: int = 40_000) -> float:
+    """Fraction of simulated paired experiments (n seeds, differences ~ N(effect, 1)) in which the paired
+    t-test at the 5% level rejects: the power, estimated by simulation rather than by formula."""
+    rng = np.random.default_rng(0)
+    d = rng.normal(effect, 1.0, size=(sims, n))
+    t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / np.sqrt(n))
+    return float(np.mean(np.abs(t) > scipy_stats.t.ppf(0.975, n - 1)))
+
+
+@pytest.mark.parametrize("effect", [0.5, 1.0, 2.0])
+def test_seeds_for_power_is_the_smallest_n_with_80_percent_power_by_simulation(effect):
+    # An observed difference whose mean and per-seed spread are exactly `effect` and 1 (three seeds).
+    values = np.array([-1.0, 0.0, 1.0]) + effect
+    diff = paired_difference(dict(enumerate(values)), dict.fromkeys(range(3), 0.0))
+    n = seeds_for_power(diff)
+    assert n is not None and n >= 2
+    assert _simulated_power(effect, n) >= 0.8 - 0.01
+    if n > 2:
+        assert _simulated_power(effect, n - 1) < 0.8 + 0.01
+
+
+def test_seeds_for_power_grows_as_the_difference_shrinks_and_is_undefined_without_spread():
+    spread = {0: 0.01, 1: -0.01, 2: 0.0}
+    needed = [seeds_for_power(paired_difference({k: v + m for k, v in spread.items()}, dict.fromkeys(spread, 0.0)))
+              for m in (0.02, 0.01, 0.005)]
+    assert needed[0] < needed[1] < needed[2]
+    assert seeds_for_power(paired_difference({0: 0.3}, {0: 0.1})) is None  # one seed: no spread to use
+    assert seeds_for_power(paired_difference({0: 0.1, 1: -0.1}, {0: 0.0, 1: 0.0})) is None  # mean exactly 0

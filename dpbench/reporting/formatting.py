@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional
 
-from dpbench.reporting.stats import Interval, PairedDiff, format_interval, format_p, format_significant
+from dpbench.reporting.stats import (MAX_SEEDS_ESTIMATE, Interval, PairedDiff, format_interval, format_p,
+                                     format_significant, seeds_for_power)
 from dpbench.results import display_epsilon
 
 MISSING = "—"
@@ -105,6 +106,16 @@ def significance(difference: PairedDiff) -> str:
     if difference.adjustment == "holm" and difference.p_value is not None:
         return f"{verdict}, Holm-adjusted {format_p(difference.p_value)}"
     return verdict
+
+
+def format_seeds_needed(difference: PairedDiff) -> str:
+    """The power estimate for a difference that is not significant ("12", "> 10000"); "—" otherwise."""
+    if difference.significant is not False:
+        return "—"
+    needed = seeds_for_power(difference)
+    if needed is None:
+        return "—"
+    return f"> {MAX_SEEDS_ESTIMATE}" if needed > MAX_SEEDS_ESTIMATE else str(needed)
 
 
 def format_estimate(interval: Optional[Interval]) -> str:

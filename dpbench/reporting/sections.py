@@ -22,7 +22,7 @@ from dpbench.reporting.findings import (
     uninformative_metrics, verdict)
 from dpbench.reporting.formatting import (
     MISSING, format_bytes, format_bytes_interval, format_difference, format_distinct, format_epsilon_cell,
-    format_cost, format_estimate, format_number, format_ratio_interval)
+    format_cost, format_estimate, format_number, format_ratio_interval, format_seeds_needed)
 from dpbench.reporting.stats import SCALE_DESCRIPTIONS
 from dpbench.reporting.grid import ResultGrid
 from dpbench.reporting.tables import Table, interval_cell, mean_cell, method_epsilon_table
@@ -175,9 +175,15 @@ def utility_section(doc: Document, ctx: ReportContext) -> None:
     doc.table(method_epsilon_table(grid, {**columns, "ε spent": mean_cell("epsilon_spent")}, "utility"))
     doc.subsection("Differences between methods (accuracy, paired within ε and seed; verdicts Holm-adjusted "
                    "over the pairs at each ε)")
-    rows = [[format_epsilon_cell(eps), a, b, format_difference(diff), str(diff.n)]
+    rows = [[format_epsilon_cell(eps), a, b, format_difference(diff), str(diff.n), format_seeds_needed(diff)]
             for eps in grid.epsilons for a, b, diff in pairwise_differences(grid, eps)]
-    doc.table(Table(["ε", "method a", "method b", "a − b [95% CI]", "seeds paired"], rows, "differences"))
+    doc.table(Table(["ε", "method a", "method b", "a − b [95% CI]", "seeds paired",
+                     "seeds to resolve (estimate)"], rows, "differences"))
+    if any(row[-1] not in ("", "—") for row in rows):
+        doc.paragraph("Seeds to resolve: for a difference that is not significant, an estimate of how many paired "
+                      "seeds an unadjusted paired t-test (5% level) would need to detect it with 80% power, taking "
+                      "the observed mean difference and spread as the truth. Both come from few seeds, so it is an "
+                      "order of magnitude, not a promise; a Holm-adjusted verdict needs somewhat more.", "note")
 
 
 def per_class_section(doc: Document, ctx: ReportContext) -> None:

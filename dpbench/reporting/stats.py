@@ -7,6 +7,8 @@
   narrower than comparing two unpaired intervals, and is the right test for "is A better than B".
 * :func:`holm_adjust` — Holm's step-down adjustment of a family of paired differences' p-values (every
   pair of methods at one ε is one family), so "significant" holds for the family, not for each pair alone.
+* :func:`seeds_for_power` — for a difference that is not significant, an *estimate* of how many paired
+  seeds a t-test would need to resolve it at the observed spread.
 * :func:`format_interval` — ``"0.501 [0.44, 0.56]"``, with a marker when a difference is not
   significant.
 
@@ -191,6 +193,47 @@ def holm_adjust(differences: Sequence[PairedDiff]) -> list[PairedDiff]:
         alpha = 1 - differences[i].confidence
         adjusted[i] = replace(differences[i], p_value=running, adjustment="holm", significant=running < alpha)
     return adjusted
+
+
+MAX_SEEDS_ESTIMATE = 10_000  # beyond this the estimate is reported as "more than"
+
+
+def seeds_for_power(difference: PairedDiff, power: float = 0.8) -> int | None:
+    """Estimated number of paired seeds at which a two-sided paired t-test at level 1 − confidence
+    detects ``difference`` with probability ``power``, taking its observed mean as the true difference
+    and its observed per-seed spread as the true spread (the standard a-priori power calculation, on
+    the noncentral t). An *estimate*: both inputs are themselves uncertain, most of all from 2–3 seeds,
+    so read it as an order of magnitude. None when there is no spread to estimate from (n < 2) or the
+    observed difference is exactly 0 (no finite n); ``MAX_SEEDS_ESTIMATE + 1`` means "more than that".
+    A Holm-adjusted family needs somewhat more (its per-pair level is smaller)."""
+    if not 0 < power < 1:
+        raise ValueError(f"power must be in (0, 1), got {power}")
+    if difference.half_width is None or difference.n < 2 or difference.mean == 0:
+        return None
+    t_now = float(scipy_stats.t.ppf(0.5 + difference.confidence / 2, df=difference.n - 1))
+    spread = difference.half_width * math.sqrt(difference.n) / t_now
+    if spread == 0:
+        return difference.n  # a constant nonzero difference: already resolved
+    effect = abs(difference.mean) / spread
+    alpha = 1 - difference.confidence
+
+    def achieved(n: int) -> float:
+        critical = float(scipy_stats.t.ppf(1 - alpha / 2, df=n - 1))
+        shift = effect * math.sqrt(n)
+        return float(scipy_stats.nct.sf(critical, n - 1, shift) + scipy_stats.nct.cdf(-critical, n - 1, shift))
+
+    low, high = 2, 2
+    while achieved(high) < power:  # doubling, then bisection on the monotone power curve
+        if high > MAX_SEEDS_ESTIMATE:
+            return MAX_SEEDS_ESTIMATE + 1
+        low, high = high, high * 2
+    while low < high:
+        middle = (low + high) // 2
+        if achieved(middle) >= power:
+            high = middle
+        else:
+            low = middle + 1
+    return high
 
 
 def format_p(p_value: float) -> str:
