@@ -1,0 +1,83 @@
+"""The rule `dpbench tune` uses to pick one learning rate per method from its proxy sweep.
+
+Decided on the public proxy alone (issue 23). Picking the best mean proxy accuracy from one seed per
+candidate chose, for full fine-tuning on mnist10k-cpu, an lr that diverged on some private seeds (FID
+13.5–206 over 3 seeds against the pretrained model's 80). Instability shows on the proxy too, if one
+looks at more than one seed, so a candidate is **rejected** when
+
+- fewer than :data:`MIN_SEEDS` proxy seeds finished (one seed cannot show instability),
+- any seed's proxy FID is above the pretrained proxy model's (fine-tuning made the samples worse), or
+- its seeds' proxy accuracies span more than :data:`SEED_DISAGREEMENT` (the outcome is a coin toss);
+
+and among the candidates left, the **smallest lr within noise of the best** is selected: within noise
+means a mean proxy accuracy no more than one standard error of the difference below the best mean
+(the two candidates' standard errors over seeds, combined). A smaller step is the safer one when the
+proxy cannot tell them apart, since the private task is harder than the proxy (new classes, not
+renamed ones).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+MIN_SEEDS = 2
+SEED_DISAGREEMENT = 0.10  # proxy accuracy, max − min over seeds
+RULE = (f"reject < {MIN_SEEDS} finished seeds, any seed's proxy FID above the pretrained proxy model's, or seeds "
+        f"whose proxy accuracies span > {SEED_DISAGREEMENT}; then the smallest lr within one standard error (of the "
+        "difference) of the best mean proxy accuracy")
+
+
+@dataclass(frozen=True)
+class CandidateScores:
+    """One candidate's proxy results: per finished seed, accuracy and FID."""
+
+    lr: float
+    accuracies: Sequence[float]
+    fids: Sequence[float]
+    failed_seeds: int = 0
+
+    @property
+    def mean_accuracy(self) -> Optional[float]:
+        return sum(self.accuracies) / len(self.accuracies) if self.accuracies else None
+
+    @property
+    def standard_error(self) -> float:
+        n = len(self.accuracies)
+        if n < 2:
+            return math.inf
+        mean = self.mean_accuracy
+        variance = sum((a - mean) ** 2 for a in self.accuracies) / (n - 1)
+        return math.sqrt(variance / n)
+
+
+def rejection(scores: CandidateScores, pretrained_fid: Optional[float]) -> Optional[str]:
+    """Why the candidate cannot be selected, or None."""
+    if scores.failed_seeds:
+        return f"{scores.failed_seeds} proxy seed(s) failed"
+    if len(scores.accuracies) < MIN_SEEDS:
+        return f"{len(scores.accuracies)} finished proxy seed(s), the rule needs {MIN_SEEDS}"
+    worst_fid = max(scores.fids, default=None)
+    if pretrained_fid is not None and worst_fid is not None and worst_fid > pretrained_fid:
+        return f"a seed's proxy FID {worst_fid:.1f} is above the pretrained proxy model's {pretrained_fid:.1f}"
+    spread = max(scores.accuracies) - min(scores.accuracies)
+    if spread > SEED_DISAGREEMENT:
+        return f"seeds disagree: proxy accuracies span {spread:.3f} > {SEED_DISAGREEMENT}"
+    return None
+
+
+def select(candidates: Sequence[CandidateScores], pretrained_fid: Optional[float]) -> tuple[Optional[int], list]:
+    """The index of the selected candidate (None when every one is rejected) and each one's rejection."""
+    reasons = [rejection(c, pretrained_fid) for c in candidates]
+    kept = [i for i, reason in enumerate(reasons) if reason is None]
+    if not kept:
+        return None, reasons
+    best = max(kept, key=lambda i: candidates[i].mean_accuracy)
+
+    def within_noise(i: int) -> bool:
+        noise = math.hypot(candidates[best].standard_error, candidates[i].standard_error)
+        return candidates[i].mean_accuracy >= candidates[best].mean_accuracy - noise
+
+    close = [i for i in kept if within_noise(i)]
+    return min(close, key=lambda i: (candidates[i].lr, -candidates[i].mean_accuracy)), reasons

@@ -1,0 +1,50 @@
+"""The tuning rule of issue 23 (dpbench/runner/tune_selection.py), on hand-made proxy sweeps."""
+
+from __future__ import annotations
+
+import math
+
+from dpbench.runner.tune_selection import SEED_DISAGREEMENT, CandidateScores, rejection, select
+
+PRETRAINED_FID = 80.0
+
+
+def scores(lr, accuracies, fids=None, failed=0):
+    return CandidateScores(lr=lr, accuracies=accuracies, fids=fids or [20.0] * len(accuracies), failed_seeds=failed)
+
+
+def test_the_best_mean_is_rejected_when_one_seed_diverges():
+    # mnist10k-cpu's full fine-tuning: a high mean carried by one lucky seed, another seed's FID far above pretrained
+    unstable = scores(0.004, [0.46, 0.44], fids=[15.0, 206.0])
+    stable = scores(0.002, [0.40, 0.41])
+    chosen, reasons = select([stable, unstable], PRETRAINED_FID)
+    assert chosen == 0
+    assert "above the pretrained" in reasons[1] and reasons[0] is None
+
+
+def test_disagreeing_seeds_are_rejected():
+    spread = SEED_DISAGREEMENT + 0.05
+    chosen, reasons = select([scores(0.01, [0.5, 0.5 + spread]), scores(0.02, [0.45, 0.46])], PRETRAINED_FID)
+    assert chosen == 1 and reasons[0].startswith("seeds disagree")
+
+
+def test_one_seed_is_not_enough_and_failed_seeds_reject():
+    assert "needs 2" in rejection(scores(0.01, [0.6]), PRETRAINED_FID)
+    assert "failed" in rejection(scores(0.01, [0.6, 0.6], failed=1), PRETRAINED_FID)
+    chosen, _ = select([scores(0.01, [0.6])], PRETRAINED_FID)
+    assert chosen is None
+
+
+def test_the_smaller_lr_is_preferred_within_noise_but_not_beyond():
+    best = scores(0.04, [0.55, 0.59])          # mean 0.57, standard error 0.02
+    close = scores(0.02, [0.54, 0.56])         # mean 0.55: 0.02 below, noise √(0.02² + 0.01²) ≈ 0.022
+    far = scores(0.01, [0.45, 0.47])           # clearly worse
+    assert select([far, close, best], PRETRAINED_FID)[0] == 1
+    worse = scores(0.02, [0.50, 0.52])         # 0.06 below the best: beyond noise
+    assert select([far, worse, best], PRETRAINED_FID)[0] == 2
+
+
+def test_standard_error_over_seeds():
+    s = scores(0.01, [0.4, 0.5, 0.6])
+    assert math.isclose(s.standard_error, 0.1 / math.sqrt(3))
+    assert scores(0.01, [0.4]).standard_error == math.inf
