@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from dpbench.config.suite import Suite, hashed_settings, stable_hash
+from dpbench.config.hashing import hashed_settings, stable_hash
+from dpbench.config.schema import Suite
 from dpbench.errors import UserError
 from dpbench.models.diffusion import build_unet, denoising_loss_rows, make_noise_scheduler, quiet_diffusers
 
