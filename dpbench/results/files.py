@@ -1,6 +1,7 @@
 """Result files on disk: atomic writes that honour the umask and never leave their results directory,
-validated reads (a bad file is a one-line error naming it), and the scans that find a suite's runs,
-baselines, profiles and audits, plus the results.csv rebuilt from them.
+validated reads (a bad file is a one-line error naming it), the scans that find a suite's runs,
+baselines, profiles and audits, the results.csv rebuilt from them, and the rule for names that become
+path components (:func:`check_name`).
 
 Layout under a suite's results directory::
 
