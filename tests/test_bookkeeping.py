@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dpbench.engine import bookkeeping
+from dpbench.engine import bookkeeping_conv
 from dpbench.engine.bookkeeping import BookKeepingClipper
 from dpbench.config.suite import TrainingSettings
 from dpbench.errors import UserError
@@ -216,8 +216,8 @@ def test_rank_r_convs_shift_the_gradient_and_wide_convs_go_per_tap(monkeypatch):
         decisions[layout.input.shape[1], layout.grad.shape[1], len(layout.taps)] = decision
         return decision
 
-    choose = bookkeeping._shift_gradient
-    monkeypatch.setattr(bookkeeping, "_shift_gradient", spy)
+    choose = bookkeeping_conv._shift_gradient
+    monkeypatch.setattr(bookkeeping_conv, "_shift_gradient", spy)
     for method in ("full", "loda"):
         case = UNetCase(method, rows_per_example=1)
         BookKeepingClipper(case.model, case.params, 1).weighted_sum(case.losses, lambda n: torch.ones_like(n))
@@ -235,8 +235,8 @@ def test_a_conv_offset_off_by_one_is_caught(monkeypatch, path):
     per-example gradients) are wrong. The ghost path's sums come from conv2d_weight, which uses no offsets."""
     case = UNetCase("loda", rows_per_example=2)
     reference = case.reference_grads()
-    correct = bookkeeping._kernel_taps
-    monkeypatch.setattr(bookkeeping, "_kernel_taps",
+    correct = bookkeeping_conv._kernel_taps
+    monkeypatch.setattr(bookkeeping_conv, "_kernel_taps",
                         lambda conv, row_width: [(phase, offset + 1) for phase, offset in correct(conv, row_width)])
     clipper = BookKeepingClipper(case.model, case.params, 2, path=path)
     if path == "instantiate":  # its summed gradient is wrong too: the first call's coverage check refuses it
@@ -341,7 +341,7 @@ def reference_for_rows(model, params, x, rows_per_example, batch):
 @pytest.mark.parametrize("conv", list(CONVS))
 def test_conv_variants_channels_last_and_a_module_called_twice(monkeypatch, conv, path, kernel):
     """Every conv variant, each way: ghost norm, instantiated per tap, instantiated by the shifted gradient."""
-    monkeypatch.setattr(bookkeeping, "_shift_gradient", lambda layout: kernel == "shifted")
+    monkeypatch.setattr(bookkeeping_conv, "_shift_gradient", lambda layout: kernel == "shifted")
     torch.manual_seed(0)
     model = TwiceConv(nn.Conv2d(**CONVS[conv])).double()
     params = list(model.parameters())

@@ -11,7 +11,7 @@ import torch
 from dpbench.config.suite import TrainingSettings
 from dpbench.engine.trainer import DPTrainer, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
-from dpbench.privacy.accounting import Budget, ClippingRule, DPStep, make_plan
+from dpbench.privacy.accounting import Budget, ClippingRule, DPStep, Schedule, make_plan
 from dpbench.registry import METHODS
 
 
@@ -185,9 +185,9 @@ def test_private_runs_keep_no_training_loss(digits8):
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_epsilon_spent_never_exceeds_target(digits8, accountant):
     n = len(digits8[0])
-    plan = make_plan(epsilon=3.0, delta=1e-3, accountant=accountant, num_examples=n, expected_batch_size=16,
-                     epochs=None, steps=6, clipping=ClippingRule("fixed", 1.0), noise_multiplicity=2,
-                     physical_batch_size=8)
+    plan = make_plan(epsilon=3.0, delta=1e-3, accountant=accountant, num_examples=n,
+                     schedule=Schedule(expected_batch_size=16, epochs=None, steps=6),
+                     clipping=ClippingRule("fixed", 1.0), noise_multiplicity=2, physical_batch_size=8)
     torch.manual_seed(0)
     model = prepare_model(build_unet("tiny", 8, 1, 10), METHODS.get("loda")({"hidden": 4}), 10, "cpu")
     tr = DPTrainer(model, make_noise_scheduler(), *digits8, plan.step, TrainingSettings(), 0, "cpu", budget=plan.budget)
@@ -201,8 +201,9 @@ def test_quantile_clipping_keeps_the_total_budget_and_adapts_C(digits8):
     the accountant steps with that σ, and C moves toward the target quantile."""
     n = len(digits8[0])
     rule = ClippingRule(mode="quantile", max_grad_norm=10.0, target_quantile=0.5, quantile_lr=0.5)
-    plan = make_plan(epsilon=3.0, delta=1e-3, accountant="rdp", num_examples=n, expected_batch_size=16, epochs=None,
-                     steps=8, clipping=rule, noise_multiplicity=1, physical_batch_size=16)
+    plan = make_plan(epsilon=3.0, delta=1e-3, accountant="rdp", num_examples=n,
+                     schedule=Schedule(expected_batch_size=16, epochs=None, steps=8),
+                     clipping=rule, noise_multiplicity=1, physical_batch_size=16)
     z, sigma_g, count_std = plan.budget.noise_multiplier, plan.step.noise_multiplier, plan.step.clipping.count_noise_std
     assert count_std == 16 / 20 and sigma_g > z
     assert sigma_g ** -2 + (2 * count_std) ** -2 == pytest.approx(z ** -2)

@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from dpbench.engine.bookkeeping import WeightedSum, _Layer, _per_example_sum, _squared_norms
+from dpbench.engine.bookkeeping_layers import WeightedSum, _Layer, _per_example_sum, _squared_norms
 from dpbench.engine.memory import is_out_of_memory
 from dpbench.errors import UserError
 

@@ -29,9 +29,11 @@ from pathlib import Path
 
 import torch
 
-from dpbench.config.suite import Suite, hashed_settings, stable_hash
+from dpbench.config.hashing import hashed_settings, stable_hash
+from dpbench.config.schema import PretrainSettings, Suite
 from dpbench.errors import UserError
 from dpbench.models.diffusion import build_unet, denoising_loss_rows, make_noise_scheduler, quiet_diffusers
+from dpbench.results import write_bytes_atomic
 
 log = logging.getLogger("dpbench")
 PRETRAIN_FORMAT = 1
@@ -120,81 +122,104 @@ def pretrain(suite: Suite, images: torch.Tensor, labels: torch.Tensor, num_class
     """Plain (non-private) class-conditional DDPM training on public data, resumable from ``checkpoint``."""
     from tqdm.auto import tqdm
 
-    from dpbench.results import write_bytes_atomic
-
-    settings, device = suite.pretrain, torch.device(device)
-    torch.manual_seed(settings.seed)
-    model = build_unet(suite.model.preset, images.shape[-1], images.shape[1], num_classes).to(device)
-    scheduler = make_noise_scheduler(suite.model.num_train_timesteps, suite.model.beta_schedule)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr)
-    # warm-up over 5% of the steps (at least 2: OneCycleLR divides by the warm-up length, and by the rest:
-    # below 4 steps it has no schedule to give — a constant lr, e.g. for --smoke)
-    if settings.steps >= 4:
-        lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=settings.steps,
-                                                          pct_start=min(0.5, max(0.05, 2.0 / settings.steps)))
-    else:
-        lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    gen = torch.Generator().manual_seed(settings.seed)  # on the host: the same stream on every device
-    params = list(model.parameters())
-    ema = [p.detach().clone() for p in params] if settings.ema_decay is not None else None
-    autocast = _autocast_dtype(device, settings.mixed_precision)
-    losses, step = [], 0
+    settings = suite.pretrain
+    run = _Pretraining(suite, tuple(images.shape), num_classes, torch.device(device))
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state["lr_schedule"])
-        gen.set_state(state["generator"])
-        if ema is not None:
-            ema = [e.to(device) for e in state["ema"]]
-        losses, step = list(state["losses"]), int(state["step"])
-        log.info("pretraining resumed from step %d/%d", step, settings.steps)
-
-    def save_checkpoint() -> None:
-        buffer = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "lr_schedule": lr_schedule.state_dict(), "generator": gen.get_state(),
-                    "ema": [e.cpu() for e in ema] if ema is not None else None, "losses": losses, "step": step}, buffer)
-        write_bytes_atomic(checkpoint, buffer.getvalue())
-
-    model.train()
-    bar = tqdm(total=settings.steps, initial=step, desc=f"pretrain {suite.model.preset} on {suite.data.public.name}",
+        run.resume(checkpoint)
+        log.info("pretraining resumed from step %d/%d", run.step, settings.steps)
+    run.model.train()
+    bar = tqdm(total=settings.steps, initial=run.step, desc=f"pretrain {suite.model.preset} on {suite.data.public.name}",
                unit="step", disable=not progress, dynamic_ncols=True)
     last_checkpoint = time.monotonic()
-    while step < settings.steps:
-        idx = torch.randint(0, len(images), (settings.batch_size,), generator=gen)
-        x, y = images[idx].to(device, non_blocking=True), labels[idx].clone()  # the set stays on the host
-        y[torch.rand(len(y), generator=gen) < PUBLIC_LABEL_DROPOUT] = num_classes  # null class
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), generator=gen)
-        noise = torch.randn(x.shape, generator=gen)
-        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-            loss = denoising_loss_rows(model, scheduler, x, y.to(device), t.to(device), noise.to(device)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr_schedule.step()
-        if ema is not None:
-            decay = min(settings.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for e, p in zip(ema, params):
-                    e.lerp_(p.detach(), 1 - decay)
-        losses.append(loss.item())
-        step += 1
+    while run.step < settings.steps:
+        run.train_step(images, labels)
         bar.update(1)
-        if len(losses) % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.4f}")
-        if checkpoint is not None and step < settings.steps and \
+        if len(run.losses) % 20 == 0:
+            bar.set_postfix(loss=f"{sum(run.losses[-20:]) / 20:.4f}")
+        if checkpoint is not None and run.step < settings.steps and \
                 time.monotonic() - last_checkpoint >= settings.checkpoint_seconds:
-            save_checkpoint()
+            run.save(checkpoint)
             last_checkpoint = time.monotonic()
     bar.close()
-    if ema is not None:
-        with torch.no_grad():
-            for p, e in zip(params, ema):
-                p.copy_(e)
-    model.eval()
-    tail = losses[-max(1, len(losses) // 10):]
-    return model, sum(tail) / len(tail)
+    return run.finish()
+
+
+def _lr_schedule(optimizer: torch.optim.Optimizer, settings: PretrainSettings):
+    """Warm-up over 5% of the steps (at least 2: OneCycleLR divides by the warm-up length, and by the rest:
+    below 4 steps it has no schedule to give — a constant lr, e.g. for --smoke)."""
+    if settings.steps >= 4:
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=settings.steps,
+                                                   pct_start=min(0.5, max(0.05, 2.0 / settings.steps)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+class _Pretraining:
+    """One pretraining's complete state — weights, EMA, optimiser, learning-rate schedule, random stream, losses
+    and step: what a checkpoint holds and a resume restores bit-exactly — and its training step."""
+
+    def __init__(self, suite: Suite, image_shape: tuple, num_classes: int, device: torch.device):
+        settings = self.settings = suite.pretrain
+        self.device, self.num_classes = device, num_classes
+        torch.manual_seed(settings.seed)
+        self.model = build_unet(suite.model.preset, image_shape[-1], image_shape[1], num_classes).to(device)
+        self.scheduler = make_noise_scheduler(suite.model.num_train_timesteps, suite.model.beta_schedule)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr)
+        self.lr_schedule = _lr_schedule(self.optimizer, settings)
+        self.gen = torch.Generator().manual_seed(settings.seed)  # on the host: the same stream on every device
+        self.params = list(self.model.parameters())
+        self.ema = [p.detach().clone() for p in self.params] if settings.ema_decay is not None else None
+        self.autocast = _autocast_dtype(device, settings.mixed_precision)
+        self.losses: list[float] = []
+        self.step = 0
+
+    def resume(self, checkpoint: Path) -> None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.gen.set_state(state["generator"])
+        if self.ema is not None:
+            self.ema = [e.to(self.device) for e in state["ema"]]
+        self.losses, self.step = list(state["losses"]), int(state["step"])
+
+    def save(self, checkpoint: Path) -> None:
+        buffer = io.BytesIO()
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "lr_schedule": self.lr_schedule.state_dict(), "generator": self.gen.get_state(),
+                    "ema": [e.cpu() for e in self.ema] if self.ema is not None else None, "losses": self.losses,
+                    "step": self.step}, buffer)
+        write_bytes_atomic(checkpoint, buffer.getvalue())
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        settings, device, gen = self.settings, self.device, self.gen
+        idx = torch.randint(0, len(images), (settings.batch_size,), generator=gen)
+        x, y = images[idx].to(device, non_blocking=True), labels[idx].clone()  # the set stays on the host
+        y[torch.rand(len(y), generator=gen) < PUBLIC_LABEL_DROPOUT] = self.num_classes  # null class
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x),), generator=gen)
+        noise = torch.randn(x.shape, generator=gen)
+        with torch.autocast(device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            loss = denoising_loss_rows(self.model, self.scheduler, x, y.to(device), t.to(device), noise.to(device)).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.lr_schedule.step()
+        if self.ema is not None:
+            decay = min(settings.ema_decay, (1 + self.step) / (10 + self.step))
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.params):
+                    e.lerp_(p.detach(), 1 - decay)
+        self.losses.append(loss.item())
+        self.step += 1
+
+    def finish(self) -> tuple[torch.nn.Module, float]:
+        """The trained model (its EMA weights, when kept) in eval mode, and the mean loss of the last 10% of steps."""
+        if self.ema is not None:
+            with torch.no_grad():
+                for p, e in zip(self.params, self.ema):
+                    p.copy_(e)
+        self.model.eval()
+        tail = self.losses[-max(1, len(self.losses) // 10):]
+        return self.model, sum(tail) / len(tail)
 
 
 def _save_atomic(model, path: Path, meta: dict) -> None:

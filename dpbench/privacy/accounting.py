@@ -83,6 +83,16 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """The suite's sampling schedule: the expected (Poisson) batch size B and the training length, in epochs
+    or in logical steps (one of them given). Over N examples it gives q = B / N and T (:func:`logical_steps`)."""
+
+    expected_batch_size: int
+    epochs: Optional[float] = None
+    steps: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class PrivacyPlan:
     budget: Budget
     step: DPStep
@@ -191,9 +201,10 @@ def gradient_noise_multiplier(total: float, count_noise_std: float) -> float:
     return rest ** -0.5
 
 
-def make_plan(*, epsilon: float, delta: float, accountant: str, num_examples: int, expected_batch_size: int,
-              epochs: float | None, steps: int | None, clipping: ClippingRule, noise_multiplicity: int,
-              physical_batch_size: int) -> PrivacyPlan:
+def make_plan(*, epsilon: float, delta: float, accountant: str, num_examples: int, schedule: Schedule,
+              clipping: ClippingRule, noise_multiplicity: int, physical_batch_size: int) -> PrivacyPlan:
+    """The cell's plan: q and T from ``schedule`` over ``num_examples``, σ calibrated for (ε, δ, q, T)."""
+    expected_batch_size = schedule.expected_batch_size
     if expected_batch_size > num_examples:
         raise UserError(
             f"privacy.expected_batch_size: {expected_batch_size} is larger than the private dataset "
@@ -205,7 +216,7 @@ def make_plan(*, epsilon: float, delta: float, accountant: str, num_examples: in
             f"private examples — lower δ (e.g. {10 ** math.floor(math.log10(0.1 / num_examples)):g})"
         )
     sample_rate = expected_batch_size / num_examples
-    total_steps = logical_steps(num_examples, expected_batch_size, epochs, steps)
+    total_steps = logical_steps(num_examples, expected_batch_size, schedule.epochs, schedule.steps)
     private = math.isfinite(epsilon)
     if not private:
         clipping = ClippingRule(mode="none", max_grad_norm=math.inf)

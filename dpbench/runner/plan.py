@@ -9,7 +9,7 @@ from typing import Literal, Union
 from dpbench.config.suite import (ClippingSpec, MethodSpec, QuantileClipping, RunSpec, Suite, TrainingSettings,
                                   expand_runs, run_config_hash)
 from dpbench.errors import UserError
-from dpbench.privacy.accounting import ClippingRule, PrivacyPlan, make_plan
+from dpbench.privacy.accounting import ClippingRule, PrivacyPlan, Schedule, make_plan
 from dpbench.results import format_epsilon, parse_epsilon
 
 
@@ -135,8 +135,8 @@ def plan_runs(suite: Suite, data_root: str | None = None, num_examples: int | No
         if key not in plans:
             plans[key] = make_plan(
                 epsilon=eps, delta=pv.delta, accountant=pv.accountant, num_examples=num_examples,
-                expected_batch_size=pv.expected_batch_size, epochs=pv.epochs, steps=pv.steps, clipping=rule,
-                noise_multiplicity=pv.noise_multiplicity, physical_batch_size=1)  # per method, below
+                schedule=Schedule(expected_batch_size=pv.expected_batch_size, epochs=pv.epochs, steps=pv.steps),
+                clipping=rule, noise_multiplicity=pv.noise_multiplicity, physical_batch_size=1)  # per method, below
         return plans[key]
 
     out = []

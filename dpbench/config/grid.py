@@ -1,0 +1,47 @@
+"""The grid of a suite: one :class:`RunSpec` per (seed, ε, method) cell, in the order runs execute
+(:func:`expand_runs`)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from dpbench.config.schema import Suite
+from dpbench.results import format_epsilon
+
+
+class RunSpec(BaseModel):
+    """One cell of the grid: a method at one ε and seed. Everything else comes from the suite."""
+
+    model_config = ConfigDict(frozen=True)
+    run_id: str
+    suite: str
+    method: str
+    method_key: str
+    method_index: int
+    dataset: str
+    public_dataset: Optional[str]
+    epsilon: float
+    seed: int
+
+
+def expand_runs(suite: Suite) -> list[RunSpec]:
+    runs = []
+    for seed in suite.seeds:
+        for eps in suite.privacy.epsilons:
+            for index, method in enumerate(suite.methods):
+                runs.append(
+                    RunSpec(
+                        run_id=f"{method.key}-eps{format_epsilon(float(eps))}-seed{seed}",
+                        suite=suite.name,
+                        method=method.name,
+                        method_key=method.key,
+                        method_index=index,
+                        dataset=suite.data.private.name,
+                        public_dataset=suite.data.public.name if suite.data.public else None,
+                        epsilon=float(eps),
+                        seed=seed,
+                    )
+                )
+    return runs
