@@ -118,9 +118,10 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
              len(splits["pretrain"][0]))
     rows = _rank(chosen, proxies, _run_candidates(ctx, n))
     tuned_name = f"{suite.name}-tuned.yaml"
-    record = TuneResult(suite=suite.name, proxy=f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, "
-                        f"{len(ctx.test[0])} proxy-test, {len(splits['pretrain'][0])} pretraining examples; "
-                        f"classes 0..{num_classes - 1} renamed by a fixed derangement", epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
+    proxy = (f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, {len(ctx.test[0])} proxy-test, "
+             f"{len(splits['pretrain'][0])} pretraining examples; classes 0..{num_classes - 1} renamed by a fixed "
+             "derangement")
+    record = TuneResult(suite=suite.name, proxy=proxy, epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
                         tuned_suite=tuned_name, **provenance(device))
     write_model(ctx.results_dir / "tune.json", record, inside=ctx.results_dir)
     write_bytes_atomic(ctx.results_dir / tuned_name,
