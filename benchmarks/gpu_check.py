@@ -121,7 +121,8 @@ def profile_part(args: argparse.Namespace, seconds_left: float, workdir: Path) -
 
     from dpbench.config.suite import TrainingSettings
     from dpbench.models.diffusion import build_unet
-    from dpbench.runner.profile import ProfileTarget, find_max_batch, measure_pair
+    from dpbench.commands.profile import ProfileSettings, ProfileTarget, measure_pair
+    from dpbench.runner.batch_size import find_max_batch
 
     preset, size, channels = ("tiny", 8, 1) if args.dry_run else ("ddpm32", 32, 3)
     steps, energy_steps = (2, 2) if args.dry_run else (6, 10)
@@ -135,12 +136,13 @@ def profile_part(args: argparse.Namespace, seconds_left: float, workdir: Path) -
             methods[method] = {"skipped": "over the time budget"}
             continue
         batch = 4 if args.dry_run else find_max_batch(lambda b, m=method: measure_pair(
-            target, m, m, {}, b, args.device, training, steps=0, modes=("dp",)), start=8, limit=args.max_batch)
+            target, m, m, {}, b, args.device, ProfileSettings(training, steps=0), modes=("dp",)), start=8,
+            limit=args.max_batch)
         if batch is None:
             methods[method] = {"error": "batch 8 does not fit"}
             continue
-        entries = {e.mode: e for e in measure_pair(target, method, method, {}, batch, args.device, training,
-                                                   steps=steps, energy_steps=energy_steps)}
+        settings = ProfileSettings(training, steps=steps, energy_steps=energy_steps)
+        entries = {e.mode: e for e in measure_pair(target, method, method, {}, batch, args.device, settings)}
         dp, nonprivate = entries["dp"], entries["nonprivate"]
         methods[method] = {
             "physical_batch_size": batch,

@@ -15,6 +15,7 @@ LAYERS = {
     "data": 2, "models": 2, "methods": 2, "privacy": 2, "evaluation": 2, "suites": 2,
     "engine": 3,
     "runner": 4, "audit": 4,
+    "commands": 5,
     "cli": 6, "__main__": 6, "__init__": 0,
 }
 REPORTING_MAY_IMPORT = {"results", "errors", "reporting"}

@@ -73,7 +73,7 @@ def test_memory_telemetry_on_cuda():
 
 def test_a_real_out_of_memory_error_and_the_largest_batch_search():
     from dpbench.engine.memory import is_out_of_memory
-    from dpbench.runner.profile import find_max_batch
+    from dpbench.runner.batch_size import find_max_batch
 
     free, _ = torch.cuda.mem_get_info()
     with pytest.raises(torch.cuda.OutOfMemoryError) as err:

@@ -16,7 +16,7 @@ from dpbench.engine.trainer import DPTrainer, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
 from dpbench.privacy.accounting import Budget, ClippingRule, DPStep
 from dpbench.registry import METHODS
-from dpbench.runner.profile import find_max_batch
+from dpbench.runner.batch_size import find_max_batch
 
 
 @pytest.fixture(scope="module")

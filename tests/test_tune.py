@@ -126,5 +126,5 @@ def test_bad_number_lists_are_one_line_user_errors(tmp_path, capsys):
         assert len(err.splitlines()) == 1 and option in err and "give" in err, (argv, err)
     assert not (tmp_path / "out").exists()
     # seeds may be 0 (the default) — only learning rates and factors must be positive
-    from dpbench.cli import _numbers
-    assert _numbers("0,1", "--seeds", int) == [0, 1] and _numbers(None, "--lrs", float) is None
+    from dpbench.commands.arguments import numbers
+    assert numbers("0,1", "--seeds", int) == [0, 1] and numbers(None, "--lrs", float) is None

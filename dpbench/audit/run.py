@@ -240,23 +240,3 @@ def audit_suite(settings, only: list[str] = (), *, canaries: Optional[int] = Non
              canaries, f", fault {fault}" if fault else "", ctx.results_dir)
     return [audit_run(ctx, p, canaries=canaries, fault=fault, canary_kind=canary_kind) for p in private]
 
-
-def format_audits(results: list) -> str:
-    from dpbench.results import format_epsilon
-
-    header = (f"{'run':<24} {'fault':<16} {'ε':>5} {'ε_low':>7} {'final-weights':>22} {'all-steps':>22} "
-              f"{'μ_low':>6} {'μ_CLT':>6} {'f-DP':>8} {'replay':>8} {'time':>7}  verdict")
-    lines = [header]
-    for r in results:
-        models = {t.name: t for t in r.threat_models}
-        cells = [f"{models[n].eps_low:.3f} ({models[n].correct}/{models[n].guesses})" if n in models else "—"
-                 for n in THREAT_MODELS]
-        replay = "—" if r.replay is None else ("held" if r.replay.get("passed") else "FAILED")
-        mu = "—" if r.mu_lower_bound is None else f"{r.mu_lower_bound:.2f}"
-        clt = "—" if r.claimed_mu_clt is None else f"{r.claimed_mu_clt:.2f}"
-        fdp = "—" if r.fdp_refutes_claim is None else ("REFUTED" if r.fdp_refutes_claim else "stands")
-        lines.append(f"{r.run_id:<24} {r.fault or 'none':<16} {format_epsilon(r.epsilon):>5} "
-                     f"{r.epsilon_lower_bound:>7.3f} {cells[0]:>22} {cells[1]:>22} {mu:>6} {clt:>6} {fdp:>8} "
-                     f"{replay:>8} {r.seconds:>6.0f}s  "
-                     f"{'passed' if r.passed else 'FAILED'}")
-    return "\n".join(lines)

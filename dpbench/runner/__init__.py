@@ -1,4 +1,7 @@
-"""The suite runner: plan the grid, run each cell (train → sample → evaluate → store), summarise."""
+"""What a suite invocation does, given a loaded suite: plan the grid (σ, q, T per run), run each cell
+(train → sample → evaluate → store) through an executor, and the runner's other uses of the same plan —
+the dry run's estimates, the tuning sweep on a proxy task, the automatic physical batch. Printing and
+argument parsing are the command layer's (dpbench/commands/); summaries and reports are reporting's."""
 
 from dpbench.registry import EXECUTORS
 

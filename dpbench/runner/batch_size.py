@@ -3,9 +3,9 @@
 ``physical_batch_size: auto`` (suite-wide or per method) is, on a GPU, the largest batch up to the
 expected logical batch for which one step of the run's DP loop fits: a short probe on random images
 (dpbench/engine/measure.py: no private data, no privacy cost) searched by doubling and bisection
-(dpbench/runner/profile.py). The answer is cached under ``<cache>/physical_batch/`` per GPU model and
-memory, method and options, model, image shape, K, DP or not, and the training settings that change
-memory, so every later run of that combination reuses it. Where nothing is probed (CPU) ``auto`` is
+(:func:`find_max_batch`, which `dpbench profile --find-max-batch` uses too). The answer is cached under
+``<cache>/physical_batch/`` per GPU model and memory, method and options, model, image shape, K, DP or
+not, and the training settings that change memory, so every later run of that combination reuses it. Where nothing is probed (CPU) ``auto`` is
 :data:`dpbench.runner.plan.AUTO_PHYSICAL_BATCH_DEFAULT`.
 
 Whatever the start, a batch that runs out of memory is halved (down to
@@ -47,6 +47,42 @@ def halving_on_out_of_memory(measure: Callable[[int], T], batch: int, floor: int
         batch = max(floor, batch // 2)
 
 
+def _fits(run, batch: int) -> bool:
+    from dpbench.engine.memory import is_out_of_memory
+
+    try:
+        run(batch)
+        return True
+    except Exception as err:  # noqa: BLE001 - only allocation failures mean "does not fit"
+        if not is_out_of_memory(err):
+            raise
+    torch.cuda.empty_cache()  # outside the handler: the failed attempt's frames are released first
+    return False
+
+
+def find_max_batch(run, start: int = 8, limit: int = 1 << 16) -> int | None:
+    """The largest batch up to ``limit`` for which ``run(batch)`` fits: doubling to bracket it, then
+    bisection (not only powers of two); None if ``start`` does not fit."""
+    if not _fits(run, start):
+        return None
+    low, high = start, None
+    while high is None:
+        if low >= limit:
+            return low
+        candidate = min(low * 2, limit)
+        if _fits(run, candidate):
+            low = candidate
+        else:
+            high = candidate
+    while high - low > max(1, low // 64):  # within ~1.5%
+        mid = (low + high) // 2
+        if _fits(run, mid):
+            low = mid
+        else:
+            high = mid
+    return low
+
+
 def auto_batch_key(ctx: RunContext, planned: PlannedRun) -> dict:
     """Everything the memory of one DP step depends on (not the weights' values, not the data)."""
     import dpbench
@@ -83,7 +119,6 @@ def resolve_physical_batch(ctx: RunContext, planned: PlannedRun, method, schedul
         return planned.plan.step.physical_batch_size
     from dpbench.engine.measure import StepProbe
     from dpbench.models.pretrain import cache_root
-    from dpbench.runner.profile import find_max_batch
 
     step = planned.plan.step
 

@@ -1,8 +1,9 @@
 """What the runs of one suite invocation share, and how a worker process rebuilds it.
 
-:class:`RunnerSettings` is small and picklable: a Ray task or a torchrun rank rebuilds the whole
-:class:`RunContext` from it (the suite file, the results root, the data root, the cache, the device),
-so nothing unpicklable ever crosses a process boundary. The context loads the private data once and
+:class:`RunnerSettings` is small and picklable: it holds the suite as the command loaded and checked it
+(once, dpbench/commands/suites.py: the runner never loads it again, and reads the file only to copy it
+into the results), the results root, the data root, the cache and the device. A Ray task rebuilds the whole :class:`RunContext` from
+it, so nothing unpicklable ever crosses a process boundary. The context loads the private data once and
 the pretrained model, the FID reference features and the memory probes lazily. Under torchrun it also
 holds this process's place in the group (``distributed``; dpbench/engine/distributed.py).
 """
@@ -16,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from dpbench.config.suite import Suite, load_suite
+from dpbench.config.suite import Suite
 from dpbench.results import check_name
 
 log = logging.getLogger("dpbench")
@@ -24,7 +25,8 @@ log = logging.getLogger("dpbench")
 
 @dataclass(frozen=True)
 class RunnerSettings:
-    suite_path: str
+    suite_path: str  # the file the suite came from: named in messages and recorded with the results
+    suite: Suite  # loaded once by the command, overrides applied, registry names checked
     results_root: str = "results"
     data_root: Optional[str] = None
     cache_dir: Optional[str] = None
@@ -49,11 +51,11 @@ class RunContext:
     distributed: object = None  # a dpbench.engine.distributed.Distributed under torchrun
 
     @classmethod
-    def build(cls, settings: RunnerSettings, suite: Suite | None = None) -> "RunContext":
+    def build(cls, settings: RunnerSettings) -> "RunContext":
         from dpbench.data.base import dataset_num_classes, load_dataset
         from dpbench.runner.devices import resolve_device
 
-        suite = suite or load_suite(settings.suite_path, settings.overrides)
+        suite = settings.suite
         device = resolve_device(settings.device or suite.device)
         results_dir = Path(settings.results_root) / check_name(suite.name, "name")
         ctx = cls(settings, suite, device, results_dir)

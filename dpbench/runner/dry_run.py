@@ -143,7 +143,6 @@ class _Costs:
 
 
 def dry_run(settings: RunnerSettings, only: list[str]) -> DryRun:
-    from dpbench.config.suite import load_suite
     from dpbench.data.base import dataset_num_classes, dataset_train_size
     from dpbench.engine.trainer import prepare_model
     from dpbench.models.diffusion import build_unet
@@ -153,7 +152,7 @@ def dry_run(settings: RunnerSettings, only: list[str]) -> DryRun:
     from dpbench.runner.requirements import missing_requirements
 
     start = time.perf_counter()
-    suite = load_suite(settings.suite_path, settings.overrides)
+    suite = settings.suite
     ref = suite.data.private
     root = suite.data_root(ref, settings.data_root)
     num_examples, exact = dataset_train_size(ref, root)
@@ -264,30 +263,3 @@ def _estimate_time(result: DryRun, planned, suite, settings, model, num_classes:
         finally:
             probe.close()
 
-
-def format_dry_run(result: DryRun) -> str:
-    from dpbench.reporting.tables import text_table
-
-    def minutes(seconds: Optional[float]) -> str:
-        return "—" if seconds is None else f"{seconds / 60:.1f} min"
-
-    rows = []
-    for r in result.runs:
-        row = r.row
-        sigma = f"{row['noise_multiplier']:.4g}" if row["epsilon"] != "inf" else "—"
-        assumed = "" if result.num_examples_exact else " (N assumed)"
-        rows.append([row["run_id"], sigma, f"{row['sample_rate']:.4g}{assumed}", row["steps"], row["clipping"],
-                     r.physical_batch, minutes(r.train_s), minutes(r.sample_s), minutes(r.eval_s),
-                     f"{r.memory_bytes / 2**20:.0f} MiB" if r.memory_bytes else "—"])
-    table = text_table(["run", "σ", "q", "T", "clipping", "physical batch", "train (est.)", "sampling (est.)",
-                        "evaluation (est.)", "memory (analytic)"], rows)
-    size = f"N={result.num_examples}" + ("" if result.num_examples_exact else " (nominal: the data is not present)")
-    lines = [table, f"{len(result.runs)} runs on {result.device}, {size}"]
-    if result.time_estimated:
-        lines.append(f"estimated total {result.total_s / 60:.0f} min: runs {sum(r.total_s for r in result.runs) / 60:.1f} min, "
-                     f"baselines {result.baselines_s / 60:.1f} min, public pretraining {result.pretrain_s / 60:.1f} min "
-                     f"(an estimate from short probes on random data, made in {result.probe_seconds:.0f} s)")
-    lines += [f"note: {n}" for n in result.notes]
-    lines.append("memory: analytic — weights, optimiser state, EMA and per-example gradients at the physical batch "
-                 "(an upper bound for book-keeping, which keeps some layers' norms without them); activations not included")
-    return "\n".join(lines)

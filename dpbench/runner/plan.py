@@ -119,7 +119,6 @@ def plan_runs(suite: Suite, data_root: str | None = None, num_examples: int | No
     nominal size is assumed and every planned run says so (``num_examples_exact``)."""
     from dpbench.data.base import dataset_train_size
 
-    check_names(suite)
     exact = True
     if num_examples is None:
         try:

@@ -56,19 +56,18 @@ def split_finished(ctx: RunContext, planned: list[PlannedRun]) -> tuple[list, li
 
 
 def run_suite(settings: RunnerSettings, only: list[str] = (), rerun_changed: bool = False) -> GridOutcome:
-    from dpbench.config.suite import load_suite
     from dpbench.engine.distributed import Distributed, launched_with_several_processes
     from dpbench.registry import EXECUTORS
     from dpbench.runner.devices import resolve_device
 
-    suite = load_suite(settings.suite_path, settings.overrides)
+    suite = settings.suite
     executor = EXECUTORS.get(suite.executor.name, "executor.name")(**suite.executor.model_dump(exclude={"name"}))
     distributed = None
     if launched_with_several_processes():
         distributed = Distributed.from_env(resolve_device(settings.device or suite.device).type)
         settings = replace(settings, device=str(distributed.device))
     try:
-        ctx = RunContext.build(executor.driver_settings(settings), suite)
+        ctx = RunContext.build(executor.driver_settings(settings))
         ctx.distributed = distributed
         return _run_grid(ctx, executor, only, rerun_changed)
     finally:

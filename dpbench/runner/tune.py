@@ -33,8 +33,7 @@ import torch
 import yaml
 
 from dpbench.config.overrides import apply_overrides
-from dpbench.config.suite import (DatasetRef, MethodSpec, Suite, load_suite, read_suite_yaml, stable_hash,
-                                  with_absolute_data_roots)
+from dpbench.config.suite import DatasetRef, MethodSpec, Suite, read_suite_yaml, stable_hash, with_absolute_data_roots
 from dpbench.errors import UserError
 from dpbench.results import (TuneCandidate, TuneResult, check_name, display_epsilon, format_epsilon, load_results,
                              parse_epsilon, run_dir, write_bytes_atomic, write_model)
@@ -96,17 +95,44 @@ def _label(method: MethodSpec, lr: float, clipping) -> str:
 def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon: str | None = None,
          lrs: list[float] | None = None, lr_factors: list[float] | None = None,
          seeds: list[int] | None = None) -> tuple[Path, TuneResult]:
+    """Sweep each chosen method's candidates on the proxy task; write ``tune.json`` and the tuned suite."""
     from dpbench.data.base import dataset_num_classes, dataset_train_size, load_dataset
-    from dpbench.models.pretrain import pretrain_cached, pretrain_spec
     from dpbench.provenance import provenance
-    from dpbench.runner.cell import run_cell
     from dpbench.runner.devices import resolve_device
-    from dpbench.runner.plan import plan_runs
-    from dpbench.runner.suite_runner import split_finished
 
-    suite = load_suite(settings.suite_path, settings.overrides)
+    suite = settings.suite
+    eps, chosen = _tune_target(settings, methods, epsilon)
     public = suite.data.public
-    if public is None or suite.model.preset is None:
+    private_root = suite.data_root(suite.data.private, settings.data_root)
+    n, _ = dataset_train_size(suite.data.private, private_root)  # N is public (threat model); no private data loaded
+    num_classes = dataset_num_classes(suite.data.private, private_root)
+    public_root = suite.data_root(public, settings.data_root)
+    splits = proxy_split(*load_dataset(public, public_root, "train", download=suite.data.download), num_classes, n)
+    proxies = {m.key: [MethodSpec(name=m.name, label=_label(m, lr, c), options=m.options, lr=lr, max_grad_norm=c)
+                       for lr, c in candidates(m, suite, lrs, lr_factors)] for m in chosen}
+    proxy_suite = _proxy_suite(suite, [p for group in proxies.values() for p in group], eps, seeds)
+    device = resolve_device(settings.device or suite.device)
+    ctx = _proxy_context(settings, proxy_suite, splits, num_classes, device)
+    log.info("dpbench tune: %d candidates × %d seed(s) at ε=%s on a proxy of %s (N=%d, test %d, pretrain %d)",
+             len(proxy_suite.methods), len(proxy_suite.seeds), display_epsilon(eps), public.name, n, len(ctx.test[0]),
+             len(splits["pretrain"][0]))
+    rows = _rank(chosen, proxies, _run_candidates(ctx, n))
+    tuned_name = f"{suite.name}-tuned.yaml"
+    proxy = (f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, {len(ctx.test[0])} proxy-test, "
+             f"{len(splits['pretrain'][0])} pretraining examples; classes 0..{num_classes - 1} renamed by a fixed "
+             "derangement")
+    record = TuneResult(suite=suite.name, proxy=proxy, epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
+                        tuned_suite=tuned_name, **provenance(device))
+    write_model(ctx.results_dir / "tune.json", record, inside=ctx.results_dir)
+    write_bytes_atomic(ctx.results_dir / tuned_name,
+                       _tuned_yaml(settings.suite_path, settings.overrides, record).encode(), inside=ctx.results_dir)
+    return ctx.results_dir, record
+
+
+def _tune_target(settings: RunnerSettings, methods: list[str] | None, epsilon: str | None) -> tuple[float, list]:
+    """The ε to tune at and the suite's methods to tune; a one-line error when the suite cannot be tuned."""
+    suite = settings.suite
+    if suite.data.public is None or suite.model.preset is None:
         raise UserError(f"{settings.suite_path}: tune builds its proxy task from data.public and pretrains a proxy "
                         "model from model.preset — add both")
     finite = [float(e) for e in suite.privacy.epsilons if e != "inf"]
@@ -116,56 +142,60 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     chosen = [m for m in suite.methods if not methods or m.key in methods or m.name in methods]
     if not chosen:
         raise UserError(f"--methods {','.join(methods)}: matches no method of the suite")
-    private_root = suite.data_root(suite.data.private, settings.data_root)
-    n, _ = dataset_train_size(suite.data.private, private_root)  # N is public (threat model); no private data loaded
-    num_classes = dataset_num_classes(suite.data.private, private_root)
-    public_root = suite.data_root(public, settings.data_root)
-    splits = proxy_split(*load_dataset(public, public_root, "train", download=suite.data.download), num_classes, n)
+    return eps, chosen
 
-    proxies = {m.key: [MethodSpec(name=m.name, label=_label(m, lr, c), options=m.options, lr=lr, max_grad_norm=c)
-                       for lr, c in candidates(m, suite, lrs, lr_factors)] for m in chosen}
-    proxy_methods = [p for group in proxies.values() for p in group]
+
+def _proxy_suite(suite: Suite, proxy_methods: list[MethodSpec], eps: float, seeds: list[int] | None) -> Suite:
+    """The suite with the candidates as its methods, one ε, the public data as its private data."""
+    public = suite.data.public
     proxy_ref = DatasetRef(name=public.name, image_size=public.image_size, channels=public.channels,
                            options=public.options)
-    proxy_suite = suite.model_copy(update={
+    return suite.model_copy(update={
         "seeds": seeds or [0], "methods": proxy_methods,
         "privacy": suite.privacy.model_copy(update={"epsilons": [eps]}),
         "data": suite.data.model_copy(update={"private": proxy_ref, "label": f"proxy task from {public.name}"}),
         "evaluation": suite.evaluation.model_copy(update={"real_data_ceiling": False}),
     })
-    device = resolve_device(settings.device or suite.device)
+
+
+def _proxy_context(settings: RunnerSettings, proxy_suite: Suite, splits: dict, num_classes: int,
+                   device) -> RunContext:
+    """The run context of the proxy task, results under ``<results>/<suite>/tune/``, with the proxy model
+    pretrained (cached) on the proxy's pretraining split."""
+    from dpbench.models.pretrain import pretrain_cached, pretrain_spec
+
+    suite = settings.suite
     tune_dir = Path(settings.results_root) / check_name(suite.name, "name") / "tune"
     ctx = RunContext(settings, proxy_suite, device, tune_dir)
     ctx.train, ctx.test, ctx.num_classes = splits["train"], splits["test"], num_classes
+    n = len(ctx.train[0])
     spec = {**pretrain_spec(suite, num_classes), "proxy": {"seed": PROXY_SEED, "held_out": n + len(ctx.test[0]),
                                                           "classes": num_classes, "renamed": True}}
     ctx._pretrained = pretrain_cached(suite, spec, lambda: splits["pretrain"], num_classes,
                                       cache_dir=settings.cache_dir, device=str(device), progress=settings.progress)
-    log.info("dpbench tune: %d candidates × %d seed(s) at ε=%s on a proxy of %s (N=%d, test %d, pretrain %d)",
-             len(proxy_methods), len(proxy_suite.seeds), display_epsilon(eps), public.name, n, len(ctx.test[0]),
-             len(splits["pretrain"][0]))
-    planned_runs = plan_runs(proxy_suite, settings.data_root, num_examples=n)
+    return ctx
+
+
+def _run_candidates(ctx: RunContext, n: int) -> dict:
+    """Every candidate run of the proxy suite, by method key: finished ones with the same settings reused,
+    the others run now."""
+    from dpbench.runner.cell import run_cell
+    from dpbench.runner.plan import plan_runs
+    from dpbench.runner.suite_runner import split_finished
+
+    planned_runs = plan_runs(ctx.suite, ctx.settings.data_root, num_examples=n)
     done, changed, _ = split_finished(ctx, planned_runs)
-    finished = {r.run_id: r for r in load_results(tune_dir)} if done else {}
+    finished = {r.run_id: r for r in load_results(ctx.results_dir)} if done else {}
     reused = {p.spec.run_id for p in done}
     if reused:  # a wider sweep or more seeds later costs only the new candidates
         log.info("dpbench tune: %d candidate run(s) already finished with these settings are reused", len(reused))
     for p in changed:  # proxy runs are disposable: one made with other settings is run again
-        (run_dir(tune_dir, p.spec.run_id) / "result.json").unlink(missing_ok=True)
+        (run_dir(ctx.results_dir, p.spec.run_id) / "result.json").unlink(missing_ok=True)
     results = {}
     for planned in planned_runs:
         result = finished[planned.spec.run_id] if planned.spec.run_id in reused else run_cell(ctx, planned)
         results.setdefault(planned.spec.method_key, []).append(result)
-    rows = _rank(chosen, proxies, results)
-    tuned_name = f"{suite.name}-tuned.yaml"
-    record = TuneResult(suite=suite.name, proxy=f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, "
-                        f"{len(ctx.test[0])} proxy-test, {len(splits['pretrain'][0])} pretraining examples; "
-                        f"classes 0..{num_classes - 1} renamed by a fixed derangement", epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
-                        tuned_suite=tuned_name, **provenance(device))
-    write_model(tune_dir / "tune.json", record, inside=tune_dir)
-    write_bytes_atomic(tune_dir / tuned_name, _tuned_yaml(settings.suite_path, settings.overrides, record).encode(),
-                       inside=tune_dir)
-    return tune_dir, record
+    return results
 
 
 def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], results: dict) -> list[TuneCandidate]:

@@ -1,4 +1,5 @@
-"""Values users type on the command line that the suite file does not carry (lists of numbers or names)."""
+"""Values users type on the command line that the suite file does not carry (lists of numbers or names,
+``--only`` selections)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,12 @@ def only_selection(only: list[str], allowed: tuple[str, ...], command: str) -> d
                             f"(e.g. --only {allowed[0]}=loda)")
         selected.setdefault(key, []).append(value.strip())
     return selected
+
+
+def numbers(text: str | None, option: str, cast) -> list | None:
+    """A comma-separated list of numbers from the command line (None when not given): learning rates and
+    factors must be positive, seeds non-negative."""
+    if not text:
+        return None
+    return comma_separated(text, cast, option, valid=lambda v: v > 0 if cast is float else v >= 0,
+                           expected="comma-separated positive numbers, e.g. 0.5,1,2")
