@@ -39,7 +39,7 @@ def test_validate_loads_the_suite_once(suite_loads, capsys):
     assert loads() == 1
 
 
-@pytest.mark.parametrize("extra", [[], ["--set", "seeds=[0]"]])
+@pytest.mark.parametrize("extra", [[], ["--set", "seeds=[0]"], ["--smoke", "--set", "seeds=[0]"]])
 def test_dry_run_loads_the_suite_once(suite_loads, tmp_path, capsys, extra):
     path, loads = suite_loads
     assert main(["run", str(path), "--dry-run", "--json", "--only", "method=bias",

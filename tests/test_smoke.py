@@ -9,7 +9,7 @@ import yaml
 
 from dpbench.cli import main
 from dpbench.config.smoke import smoke_overrides
-from dpbench.config.suite import load_suite, resolve_suite_path
+from dpbench.config.suite import load_suite, read_suite_yaml, resolve_suite_path
 from dpbench.results import load_results
 
 try:
@@ -20,7 +20,7 @@ except ImportError:  # tests/ is not a package: pytest put it on sys.path
 
 def test_smoke_settings_of_a_built_in_suite():
     path = resolve_suite_path("mnist10k-cpu")
-    suite = load_suite(path, smoke_overrides(path))
+    suite = load_suite(path, smoke_overrides(read_suite_yaml(path), path.stem))
     original = load_suite(path)
     assert suite.name == "mnist10k-cpu-smoke" and suite.privacy.steps == 2 and suite.privacy.epochs is None
     assert suite.sampling.steps == 2 and suite.evaluation.classifier_seeds == [0]

@@ -19,28 +19,24 @@ def in_file(path, fn, *args, **kwargs):
         raise UserError([p if p.startswith(str(path)) else f"{path}: {p}" for p in err.problems]) from None
 
 
-def suite_overrides(args: argparse.Namespace, path: Path) -> tuple[str, ...]:
-    """--set overrides, then the smoke settings with --smoke (dpbench/config/smoke.py)."""
-    from dpbench.config.suite import load_suite
+def load_checked_suite(args: argparse.Namespace) -> tuple[Path, Suite, tuple[str, ...]]:
+    """``(path, suite, overrides)`` for ``args.suite``: the file (or built-in name) read once, with the
+    command's ``--set`` overrides and then, with ``--smoke``, the smoke settings (dpbench/config/smoke.py),
+    validated, every registry name it uses checked (dpbench/runner/plan.py ``check_names``)."""
+    from dpbench.config.overrides import apply_overrides
+    from dpbench.config.suite import read_suite_yaml, resolve_suite_path, suite_from_mapping
+    from dpbench.runner.plan import check_names
 
+    path = resolve_suite_path(args.suite)
+    raw = apply_overrides(read_suite_yaml(path), tuple(getattr(args, "set", ())))
     overrides = tuple(getattr(args, "set", ()))
     if getattr(args, "smoke", False):
         from dpbench.config.smoke import smoke_overrides
 
-        load_suite(path, overrides)  # the suite and the user's overrides are valid: only then derive the smoke ones
-        overrides += tuple(smoke_overrides(path, overrides))
-    return overrides
-
-
-def load_checked_suite(args: argparse.Namespace) -> tuple[Path, Suite, tuple[str, ...]]:
-    """``(path, suite, overrides)`` for ``args.suite``: the file (or built-in name) with the command's
-    overrides, validated, every registry name it uses checked (dpbench/runner/plan.py ``check_names``)."""
-    from dpbench.config.suite import load_suite, resolve_suite_path
-    from dpbench.runner.plan import check_names
-
-    path = resolve_suite_path(args.suite)
-    overrides = suite_overrides(args, path)
-    suite = load_suite(path, overrides)
+        suite_from_mapping(raw, path)  # the suite and the user's overrides are valid: only then derive the smoke ones
+        smoke = tuple(smoke_overrides(raw, path.stem))
+        raw, overrides = apply_overrides(raw, smoke), overrides + smoke
+    suite = suite_from_mapping(raw, path)
     in_file(path, check_names, suite)
     return path, suite, overrides
 

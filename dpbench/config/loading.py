@@ -117,13 +117,15 @@ def load_suite(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Suite:
     """The suite of a file (or built-in name), with command-line ``--set`` overrides applied to its raw
     mapping before validation (:mod:`dpbench.config.overrides`)."""
     path = resolve_suite_path(path)
-    raw = read_suite_yaml(path)
-    if overrides:
-        raw = apply_overrides(raw, overrides)
+    return suite_from_mapping(apply_overrides(read_suite_yaml(path), overrides), path)
+
+
+def suite_from_mapping(raw, path: Path) -> Suite:
+    """The validated suite of a raw mapping read from ``path`` (relative data roots resolve beside it)."""
     try:
         suite = parse_suite(raw, str(path))
     except RecursionError:
         raise UserError(f"{path}: the YAML is nested too deeply to be a suite — see docs/suite.md for its shape") from None
-    suite._source_dir = path.resolve().parent
+    suite._source_dir = Path(path).resolve().parent
     return suite
 

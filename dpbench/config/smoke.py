@@ -11,10 +11,7 @@ report refuses a folder that mixes smoke and real runs.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 SUFFIX = "-smoke"
 STEPS = 2
@@ -22,12 +19,10 @@ PRETRAIN_STEPS = 4  # pretraining's one-cycle schedule needs two steps in each o
 MAX_BATCH = 64
 
 
-def smoke_overrides(suite_path: str | Path, user_overrides: tuple[str, ...] = ()) -> list[str]:
-    """The overrides that make the suite at ``suite_path`` (after the user's own) a smoke test."""
-    from dpbench.config.overrides import apply_overrides
-
-    raw: Any = apply_overrides(yaml.safe_load(Path(suite_path).read_text()), user_overrides)
-    name = str(raw.get("name", Path(suite_path).stem)) if isinstance(raw, dict) else Path(suite_path).stem
+def smoke_overrides(raw: Any, default_name: str) -> list[str]:
+    """The overrides that make the suite mapping ``raw`` (the user's overrides already applied) a smoke
+    test; ``default_name`` is the file's stem, the suite's name when it has none."""
+    name = str(raw.get("name", default_name)) if isinstance(raw, dict) else default_name
     privacy = raw.get("privacy") if isinstance(raw, dict) and isinstance(raw.get("privacy"), dict) else {}
     overrides = [f"name={name}{SUFFIX}" if not name.endswith(SUFFIX) else f"name={name}",
                  f"privacy.steps={STEPS}", "privacy.epochs=null",

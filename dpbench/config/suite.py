@@ -17,7 +17,8 @@ field path and the fix; every problem of a file is reported at once.
 from dpbench.config.grid import RunSpec, expand_runs
 from dpbench.config.hashing import hashed_settings, run_config_hash, stable_hash
 from dpbench.config.loading import (BUILTIN_SUITES, MAX_SUITE_BYTES, builtin_suites, load_suite, parse_suite,
-                                    read_suite_yaml, resolve_suite_path, with_absolute_data_roots)
+                                    read_suite_yaml, resolve_suite_path, suite_from_mapping,
+                                    with_absolute_data_roots)
 from dpbench.config.schema import (ClippingSpec, DataSettings, DatasetRef, EvaluationSettings, ExecutorSettings,
                                    MethodSpec, ModelSettings, PhysicalBatchSize, PretrainSettings, PrivacySettings,
                                    QuantileClipping, SamplingSettings, Strict, Suite, TrainingSettings)
@@ -26,7 +27,7 @@ __all__ = [
     "RunSpec", "expand_runs",
     "hashed_settings", "run_config_hash", "stable_hash",
     "BUILTIN_SUITES", "MAX_SUITE_BYTES", "builtin_suites", "load_suite", "parse_suite", "read_suite_yaml",
-    "resolve_suite_path", "with_absolute_data_roots",
+    "resolve_suite_path", "suite_from_mapping", "with_absolute_data_roots",
     "ClippingSpec", "DataSettings", "DatasetRef", "EvaluationSettings", "ExecutorSettings", "MethodSpec",
     "ModelSettings", "PhysicalBatchSize", "PretrainSettings", "PrivacySettings", "QuantileClipping",
     "SamplingSettings", "Strict", "Suite", "TrainingSettings",
