@@ -197,7 +197,8 @@ def _add_tune_parser(sub) -> None:
     p.add_argument("--lrs", help="comma-separated learning rates for every method")
     p.add_argument("--lr-factors", help="comma-separated multiples of each method's lr in the suite "
                    "(default 0.25,0.5,1,2,4; with a fixed C: 0.25,1,4 × C·(0.01,0.1,1))")
-    p.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds per candidate (default 0)")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated fine-tuning seeds per candidate (default 0,1: the selection rule needs two)")
     p.add_argument("--results-dir", default="results", help="results root; the sweep goes to DIR/<suite>/tune/")
     _add_set(p)
     _add_common(p)

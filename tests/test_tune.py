@@ -8,6 +8,7 @@ import yaml
 
 from dpbench.cli import main
 from dpbench.results import TuneResult, read_model
+from dpbench.runner.tune_selection import CandidateScores, select
 
 SUITE = {
     "name": "tunable",
@@ -47,18 +48,26 @@ def test_tune_selects_on_a_public_proxy_and_writes_a_tuned_suite(tmp_path, monke
         by_method.setdefault(c.method_label, []).append(c)
     assert len(by_method["bias"]) == 2, "auto clipping: one candidate per lr"
     assert len(by_method["lora"]) == 2 * 3, "fixed C: lr × C grid"
+    assert record.seeds == [0, 1], "default: the two seeds the selection rule needs"
+    assert record.pretrained_proxy_fid is not None and record.selection_rule
     for rows in by_method.values():
-        assert sum(c.selected for c in rows) == 1
-        best = max(rows, key=lambda c: c.proxy_accuracy)
-        assert best.selected
+        assert all(len(c.proxy_accuracies) == len(c.proxy_fids) == 2 for c in rows)
+        # the recorded per-seed results, put through the rule, give the recorded selection and rejections
+        expected, reasons = select([CandidateScores(c.lr, c.proxy_accuracies, c.proxy_fids) for c in rows],
+                                   record.pretrained_proxy_fid)
+        assert [c.selected for c in rows] == [i == expected for i in range(len(rows))]
+        assert [c.rejected for c in rows] == reasons
     for c in record.candidates:
         for run_id in c.run_ids:
             result = json.loads((folder / "runs" / run_id / "result.json").read_text())
             assert result["dataset"] == "shapes" and result["epsilon"] == 8
     tuned = yaml.safe_load((folder / record.tuned_suite).read_text())
     chosen = {c.method_label: c for c in record.candidates if c.selected}
-    assert {m["name"]: m["lr"] for m in tuned["methods"]} == {k: c.lr for k, c in chosen.items()}
-    assert tuned["methods"][1]["max_grad_norm"] == float(chosen["lora"].clipping)
+    # a method whose candidates were all rejected keeps the suite's own lr
+    assert {m["name"]: m["lr"] for m in tuned["methods"]} == {m["name"]: chosen[m["name"]].lr if m["name"] in chosen
+                                                               else m["lr"] for m in SUITE["methods"]}
+    if "lora" in chosen:
+        assert tuned["methods"][1]["max_grad_norm"] == float(chosen["lora"].clipping)
     assert (folder / record.tuned_suite).read_text().startswith("# Learning rates")
     assert "selected" in capsys.readouterr().out
 
@@ -67,7 +76,7 @@ def test_tune_reuses_finished_candidates_and_runs_only_what_is_new(tmp_path):
     path = tmp_path / "tunable.yaml"
     path.write_text(yaml.safe_dump({**SUITE, "methods": [{"name": "bias", "lr": 0.01}]}))
     out = tmp_path / "out"
-    assert main(["tune", str(path), "--lrs", "0.01", "--no-progress", "--results-dir", str(out)]) == 0
+    assert main(["tune", str(path), "--lrs", "0.01", "--seeds", "0", "--no-progress", "--results-dir", str(out)]) == 0
     runs = out / "tunable" / "tune" / "runs"
     first = runs / "bias-lr0.01-eps8-seed0" / "result.json"
     written = first.read_bytes()
@@ -82,7 +91,7 @@ def test_tune_reuses_finished_candidates_and_runs_only_what_is_new(tmp_path):
     changed = {**SUITE, "methods": [{"name": "bias", "lr": 0.01}]}
     changed["privacy"] = {**SUITE["privacy"], "steps": 4}
     path.write_text(yaml.safe_dump(changed))
-    assert main(["tune", str(path), "--lrs", "0.01", "--no-progress", "--results-dir", str(out)]) == 0
+    assert main(["tune", str(path), "--lrs", "0.01", "--seeds", "0", "--no-progress", "--results-dir", str(out)]) == 0
     assert json.loads(first.read_text())["steps"] == 4
 
 

@@ -23,8 +23,12 @@ def cmd_tune(args) -> int:
                              lr_factors=numbers(args.lr_factors, "--lr-factors", float),
                              seeds=numbers(args.seeds, "--seeds", int))
     rows = [[c.method_label, c.lr, c.clipping, "—" if c.proxy_accuracy is None else f"{c.proxy_accuracy:.3f}",
-             "—" if c.proxy_fid is None else f"{c.proxy_fid:.1f}", "selected" if c.selected else ""]
+             " ".join(f"{a:.3f}" for a in c.proxy_accuracies) or "—",
+             "—" if not c.proxy_fids else f"{max(c.proxy_fids):.1f}",
+             "selected" if c.selected else (c.rejected or "")]
             for c in record.candidates]
-    print(text_table(["method", "lr", "clipping", "proxy accuracy", "proxy FID", ""], rows))
+    print(text_table(["method", "lr", "clipping", "proxy accuracy", "per seed", "worst proxy FID", ""], rows))
+    fid = "n/a" if record.pretrained_proxy_fid is None else f"{record.pretrained_proxy_fid:.1f}"
+    print(f"pretrained proxy model: FID {fid}; rule: {record.selection_rule}")
     print(f"sweep: {folder / 'tune.json'}\ntuned suite: {folder / record.tuned_suite}")
     return 0

@@ -381,6 +381,9 @@ class TuneCandidate(Record):
     run_ids: list[str] = Field(default_factory=list, description="the proxy runs (tune/runs/<run_id>)")
     proxy_accuracy: Optional[float] = Field(None, description="mean downstream accuracy on the proxy test split")
     proxy_fid: Optional[float] = None
+    proxy_accuracies: list[float] = Field(default_factory=list, description="per finished proxy seed")
+    proxy_fids: list[float] = Field(default_factory=list, description="per finished proxy seed")
+    rejected: Optional[str] = Field(None, description="why the selection rule set this candidate aside")
     selected: bool = False
 
 
@@ -394,4 +397,7 @@ class TuneResult(Provenance):
     epsilon: Epsilon = Field(description="the ε the sweep ran at (the suite's q and T)")
     seeds: list[int]
     candidates: list[TuneCandidate]
+    pretrained_proxy_fid: Optional[float] = Field(None, description="the proxy model before fine-tuning, on the "
+                                                  "proxy test split: a candidate must not end above it")
+    selection_rule: str = Field("", description="how one candidate per method was selected (runner/tune_selection.py)")
     tuned_suite: str = Field(description="the suite with the selected values, relative to the tune folder")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 import torch
 import yaml
@@ -38,10 +39,12 @@ from dpbench.errors import UserError
 from dpbench.results import (TuneCandidate, TuneResult, check_name, display_epsilon, format_epsilon, load_results,
                              parse_epsilon, run_dir, write_bytes_atomic, write_model)
 from dpbench.runner.context import RunContext, RunnerSettings
+from dpbench.runner.tune_selection import MIN_SEEDS, RULE, CandidateScores, select
 
 log = logging.getLogger("dpbench")
 
 PROXY_SEED = 0
+DEFAULT_SEEDS = tuple(range(MIN_SEEDS))  # the selection rule needs this many seeds per candidate
 DEFAULT_LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 FIXED_LR_FACTORS = (0.25, 1.0, 4.0)
 FIXED_C_FACTORS = (0.01, 0.1, 1.0)
@@ -116,13 +119,15 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     log.info("dpbench tune: %d candidates × %d seed(s) at ε=%s on a proxy of %s (N=%d, test %d, pretrain %d)",
              len(proxy_suite.methods), len(proxy_suite.seeds), display_epsilon(eps), public.name, n, len(ctx.test[0]),
              len(splits["pretrain"][0]))
-    rows = _rank(chosen, proxies, _run_candidates(ctx, n))
+    pretrained_fid = _pretrained_proxy_fid(ctx)
+    rows = _rank(chosen, proxies, _run_candidates(ctx, n), pretrained_fid)
     tuned_name = f"{suite.name}-tuned.yaml"
     proxy = (f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, {len(ctx.test[0])} proxy-test, "
              f"{len(splits['pretrain'][0])} pretraining examples; classes 0..{num_classes - 1} renamed by a fixed "
              "derangement")
     record = TuneResult(suite=suite.name, proxy=proxy, epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
-                        tuned_suite=tuned_name, **provenance(device))
+                        pretrained_proxy_fid=pretrained_fid, selection_rule=RULE, tuned_suite=tuned_name,
+                        **provenance(device))
     write_model(ctx.results_dir / "tune.json", record, inside=ctx.results_dir)
     write_bytes_atomic(ctx.results_dir / tuned_name,
                        _tuned_yaml(settings.suite_path, settings.overrides, record).encode(), inside=ctx.results_dir)
@@ -151,7 +156,7 @@ def _proxy_suite(suite: Suite, proxy_methods: list[MethodSpec], eps: float, seed
     proxy_ref = DatasetRef(name=public.name, image_size=public.image_size, channels=public.channels,
                            options=public.options)
     return suite.model_copy(update={
-        "seeds": seeds or [0], "methods": proxy_methods,
+        "seeds": seeds or list(DEFAULT_SEEDS), "methods": proxy_methods,
         "privacy": suite.privacy.model_copy(update={"epsilons": [eps]}),
         "data": suite.data.model_copy(update={"private": proxy_ref, "label": f"proxy task from {public.name}"}),
         "evaluation": suite.evaluation.model_copy(update={"real_data_ceiling": False}),
@@ -176,6 +181,14 @@ def _proxy_context(settings: RunnerSettings, proxy_suite: Suite, splits: dict, n
     return ctx
 
 
+def _pretrained_proxy_fid(ctx: RunContext) -> Optional[float]:
+    """The proxy model before fine-tuning, sampled and evaluated like a candidate (cached as the tune
+    folder's baselines.json): the FID no selected candidate may end above."""
+    from dpbench.runner.baselines import ensure_baselines
+
+    return ensure_baselines(ctx).pretrained_fid
+
+
 def _run_candidates(ctx: RunContext, n: int) -> dict:
     """Every candidate run of the proxy suite, by method key: finished ones with the same settings reused,
     the others run now."""
@@ -198,23 +211,33 @@ def _run_candidates(ctx: RunContext, n: int) -> dict:
     return results
 
 
-def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], results: dict) -> list[TuneCandidate]:
-    """One row per candidate; the best mean proxy accuracy of each method is marked selected."""
+def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], results: dict,
+          pretrained_fid: Optional[float]) -> list[TuneCandidate]:
+    """One row per candidate, with its per-seed proxy results; the rule of runner/tune_selection.py marks
+    at most one of each method selected (none when it rejects them all)."""
     rows = []
     for method in chosen:
-        group = []
+        group, scores = [], []
         for p in proxies[method.key]:
             runs = [r for r in results.get(p.key, []) if r.status == "ok" and r.downstream_accuracy is not None]
-            acc = sum(r.downstream_accuracy for r in runs) / len(runs) if runs else None
-            fid = sum(r.fid for r in runs) / len(runs) if runs else None
+            accuracies, fids = [r.downstream_accuracy for r in runs], [r.fid for r in runs if r.fid is not None]
+            scores.append(CandidateScores(lr=p.lr, accuracies=accuracies, fids=fids,
+                                          failed_seeds=len(results.get(p.key, [])) - len(runs)))
             group.append(TuneCandidate(method_label=method.key, method=method.name, lr=p.lr,
                                        clipping=str(p.max_grad_norm if not hasattr(p.max_grad_norm, "quantile")
                                                     else f"quantile {p.max_grad_norm.quantile}"),
-                                       run_ids=[r.run_id for r in results.get(p.key, [])], proxy_accuracy=acc,
-                                       proxy_fid=fid))
-        scored = [c for c in group if c.proxy_accuracy is not None]
-        if scored:
-            max(scored, key=lambda c: c.proxy_accuracy).selected = True
+                                       run_ids=[r.run_id for r in results.get(p.key, [])],
+                                       proxy_accuracy=scores[-1].mean_accuracy,
+                                       proxy_fid=sum(fids) / len(fids) if fids else None,
+                                       proxy_accuracies=accuracies, proxy_fids=fids))
+        chosen_index, reasons = select(scores, pretrained_fid)
+        for row, reason in zip(group, reasons):
+            row.rejected = reason
+        if chosen_index is None:
+            log.warning("dpbench tune: %s: every candidate was rejected (%s); the tuned suite keeps its lr",
+                        method.key, "; ".join(sorted(set(reasons))))
+        else:
+            group[chosen_index].selected = True
         rows += group
     return rows
 
@@ -235,5 +258,6 @@ def _tuned_yaml(suite_path: str, overrides: tuple[str, ...], record: TuneResult)
             pass  # auto / quantile: unchanged
     header = (f"# Learning rates (and C where clipping is fixed) selected by `dpbench tune` at ε={format_epsilon(record.epsilon)}\n"
               f"# on a proxy task made of public data only: {record.proxy}.\n"
+              f"# Rule over seeds {record.seeds}: {record.selection_rule}.\n"
               f"# Sweep: tune.json beside this file ({stable_hash(record.model_dump(mode='json'))}).\n")
     return header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
