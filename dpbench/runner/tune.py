@@ -102,7 +102,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     from dpbench.runner.cell import run_cell
     from dpbench.runner.devices import resolve_device
     from dpbench.runner.plan import plan_runs
-    from dpbench.runner.suite_runner import split_finished
+    from dpbench.runner.plan import split_finished
 
     suite = load_suite(settings.suite_path, settings.overrides)
     public = suite.data.public
