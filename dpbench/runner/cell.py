@@ -59,8 +59,8 @@ def run_cell(ctx: RunContext, planned: PlannedRun) -> Optional[RunResult]:
 
     Its stages: :func:`train_run` (:func:`measure_run`, :func:`start_training`, :func:`train_to_end`), then
     on rank 0 sampling and evaluation (dpbench/runner/evaluate.py), :func:`assemble_result` and
-    :func:`store_result`. A failure is recorded
-    with the phase it happened in: ``train`` up to the trained model, ``sample and evaluate`` after."""
+    :func:`store_result`. A failure is recorded with the phase it happened in: ``train`` up to the trained
+    model, ``sample and evaluate`` after."""
     from dpbench.runner.evaluate import sample_and_evaluate
 
     folder = run_dir(ctx.results_dir, planned.spec.run_id)

@@ -108,7 +108,7 @@ class _Costs:
     """Per-unit costs measured once per dry run: a forward of the sampler, a classifier step, FID features."""
 
     def __init__(self, model, suite, num_classes: int, device: torch.device):
-        from dpbench.evaluation.classifiers import train_and_evaluate
+        from dpbench.evaluation.classifiers import ClassifierTraining, train_and_evaluate
         from dpbench.evaluation.features import extract_features
 
         ref, s, e = suite.data.private, suite.sampling, suite.evaluation
@@ -126,10 +126,10 @@ class _Costs:
         n = min(PROBE_IMAGES, max(e.classifier_batch_size, 16))
         images = torch.rand(n, *shape, generator=gen) * 2 - 1
         targets = torch.arange(n) % num_classes
-        one_epoch = _timed(lambda: train_and_evaluate(e.classifier, images, targets, images[:16], targets[:16],
-                                                      num_classes, seeds=[0], epochs=1,
-                                                      batch_size=e.classifier_batch_size, lr=e.classifier_lr,
-                                                      device=str(device)), repeats=1)
+        one_epoch = _timed(lambda: train_and_evaluate(
+            ClassifierTraining(e.classifier, seeds=[0], epochs=1, batch_size=e.classifier_batch_size,
+                               lr=e.classifier_lr),
+            images, targets, images[:16], targets[:16], num_classes, device=str(device)), repeats=1)
         self.classifier_per_image_epoch = one_epoch / n
         self.features_per_image = _timed(lambda: extract_features(e.fid_backbone, images, device=str(device)),
                                          repeats=1) / n
