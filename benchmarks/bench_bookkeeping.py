@@ -31,7 +31,7 @@ import torch
 from dpbench.engine.bookkeeping import BookKeepingClipper
 from dpbench.config.suite import TrainingSettings
 from dpbench.engine.measure import probe_step
-from dpbench.engine.trainer import DPTrainer, prepare_model
+from dpbench.engine.trainer import DPTrainer, TrainerSetup, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
 from dpbench.registry import METHODS
 
@@ -50,8 +50,8 @@ def trainer_for(model, images, labels, private: bool) -> DPTrainer:
 
     step = probe_step(BATCH, private, clipping=ClippingRule("fixed", MAX_GRAD_NORM))
     # The Opacus engine, explicitly: this script compares it with the book-keeping clipper.
-    return DPTrainer(model, make_noise_scheduler(), images, labels, step,
-                     TrainingSettings(ema_decay=None, grad_sample_mode="hooks"), 0, "cpu")
+    return DPTrainer(model, make_noise_scheduler(), images, labels,
+                     TrainerSetup(step, TrainingSettings(ema_decay=None, grad_sample_mode="hooks"), 0), "cpu")
 
 
 def clipping_weights(norms: torch.Tensor) -> torch.Tensor:

@@ -162,9 +162,9 @@ def cifar10_cell_part(args: argparse.Namespace, seconds_left: float, workdir: Pa
     from dpbench.config.suite import load_suite
     from dpbench.engine.measure import StepProbe
     from dpbench.engine.memory import PeakMemory
+    from dpbench.engine.setup import ModelRecipe
     from dpbench.engine.telemetry import GpuTelemetry
     from dpbench.models.diffusion import build_unet, make_noise_scheduler
-    from dpbench.registry import METHODS as REGISTRY
 
     suite = load_suite(ROOT / "suites" / "cifar10.yaml")
     spec = next(m for m in suite.methods if m.name == args.cell_method)
@@ -175,8 +175,9 @@ def cifar10_cell_part(args: argparse.Namespace, seconds_left: float, workdir: Pa
     torch.manual_seed(0)
     model = build_unet(preset, size, ref.channels, 10)
     training = suite.training.model_copy(update={"lr": spec.lr or suite.training.lr})
-    probe = StepProbe(model, REGISTRY.get(spec.name)(spec.options), 10, make_noise_scheduler(), training, args.device,
-                      batch=batch, private=True, image_shape=(ref.channels, size, size), noise_multiplicity=k, warmup=1)
+    recipe = ModelRecipe.of(model, spec.name, spec.options, 10, args.device, scheduler=make_noise_scheduler())
+    probe = StepProbe(recipe, training, batch=batch, private=True, image_shape=(ref.channels, size, size),
+                      noise_multiplicity=k, warmup=1)
     telemetry = GpuTelemetry(args.device)
     try:
         with PeakMemory(args.device) as memory, telemetry.phase("train"):

@@ -32,8 +32,8 @@ import torch
 
 from dpbench.config.suite import TrainingSettings
 from dpbench.engine.measure import StepProbe
+from dpbench.engine.setup import ModelRecipe
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
-from dpbench.registry import METHODS
 
 BASELINE = Path(__file__).parent / "baseline" / "dp_memory_cpu.json"
 TOLERANCE = 0.05
@@ -49,8 +49,8 @@ MIB = 2**20
 def total_peak(model, method: str, private: bool, setting: str, rule: str = "memory") -> int:
     _, size, channels, batch, _ = SETTINGS[setting]
     training = TrainingSettings(ema_decay=None, bookkeeping_rule=rule)
-    probe = StepProbe(model, METHODS.get(method)(), 10, make_noise_scheduler(), training, "cpu", batch=batch,
-                      private=private, image_shape=(channels, size, size), warmup=1)
+    probe = StepProbe(ModelRecipe.of(model, method, None, 10, "cpu", scheduler=make_noise_scheduler()), training,
+                      batch=batch, private=private, image_shape=(channels, size, size), warmup=1)
     try:
         return probe.memory(steps=1)["total_peak_memory_bytes"]
     finally:

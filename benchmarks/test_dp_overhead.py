@@ -25,8 +25,8 @@ import torch
 
 from dpbench.config.suite import TrainingSettings
 from dpbench.engine.measure import StepProbe, time_interleaved
+from dpbench.engine.setup import ModelRecipe
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
-from dpbench.registry import METHODS
 from dpbench.results import DpOverheadBaseline, read_model, write_model
 
 BASELINE = Path(__file__).parent / "baseline" / "dp_overhead_cpu.json"
@@ -43,8 +43,9 @@ def measured() -> dict:
     # Every method's DP and non-private probe in one interleaved loop: the ratios and the comparison of
     # step times *between* methods (LoDA vs full) then see the same machine state.
     cases = [(method, private) for method in TARGET for private in (True, False)]
-    probes = [StepProbe(model, METHODS.get(method)(), 10, make_noise_scheduler(), training, "cpu", batch=BATCH,
-                        private=private, image_shape=(1, IMAGE_SIZE, IMAGE_SIZE), warmup=2) for method, private in cases]
+    probes = [StepProbe(ModelRecipe.of(model, method, None, 10, "cpu", scheduler=make_noise_scheduler()), training,
+                        batch=BATCH, private=private, image_shape=(1, IMAGE_SIZE, IMAGE_SIZE), warmup=2)
+              for method, private in cases]
     timed = dict(zip(cases, time_interleaved(probes, STEPS)))
     for probe in probes:
         probe.close()

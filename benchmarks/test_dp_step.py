@@ -16,8 +16,8 @@ import torch
 
 from dpbench.config.suite import TrainingSettings
 from dpbench.engine.measure import StepProbe
+from dpbench.engine.setup import ModelRecipe
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
-from dpbench.registry import METHODS
 
 BATCH = 32
 
@@ -26,7 +26,8 @@ BATCH = 32
 @pytest.mark.parametrize("method", ["full", "bias", "lora", "loda", "attention"])
 def test_step(benchmark, method, mode):
     torch.manual_seed(0)
-    probe = StepProbe(build_unet("tiny", 16, 1, 10), METHODS.get(method)(), 10, make_noise_scheduler(),
-                      TrainingSettings(ema_decay=None), "cpu", batch=BATCH, private=mode == "dp", image_shape=(1, 16, 16))
+    recipe = ModelRecipe.of(build_unet("tiny", 16, 1, 10), method, None, 10, "cpu", scheduler=make_noise_scheduler())
+    probe = StepProbe(recipe, TrainingSettings(ema_decay=None), batch=BATCH, private=mode == "dp",
+                      image_shape=(1, 16, 16))
     benchmark.pedantic(probe.trainer.train_step, rounds=8, iterations=1, warmup_rounds=1)
     probe.close()

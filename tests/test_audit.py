@@ -13,11 +13,12 @@ import yaml
 
 from dpbench.audit.canaries import EngineCanaries, GradientCanaries
 from dpbench.audit.replay import ReplayCheck
-from dpbench.audit.run import audit_training, audited_step
+from dpbench.audit.run import AuditOptions, audit_training, audited_step
 from dpbench.audit.scoring import RULES, family_bound, guess_grid, spike_energy
 from dpbench.config.suite import TrainingSettings
 from dpbench.engine.faults import trainer_class
-from dpbench.engine.trainer import prepare_model
+from dpbench.engine.setup import ModelRecipe
+from dpbench.engine.trainer import TrainerSetup, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
 from dpbench.privacy.accounting import Budget, ClippingRule, DPStep, epsilon_spent
 from dpbench.registry import METHODS
@@ -52,8 +53,9 @@ def _trainer(fault, step, n, seed=0, reproducible=False):
     images, labels = _data(n, seed)
     canaries = GradientCanaries([p for p in model.parameters() if p.requires_grad], 40, norm=10 * C, seed=seed,
                                 secret_in=np.arange(40) % 2 == 0)
-    return trainer_class(fault)(model, make_noise_scheduler(), images, labels, audited_step(step, canaries.num_included),
-                                _settings(), seed, "cpu", reproducible=reproducible, canaries=canaries)
+    return trainer_class(fault)(model, make_noise_scheduler(), images, labels,
+                                TrainerSetup(audited_step(step, canaries.num_included), _settings(), seed,
+                                             reproducible=reproducible), "cpu", canaries=canaries)
 
 
 # ---------------------------------------------------------------------------------------------- canaries
@@ -66,8 +68,8 @@ def test_canaries_are_poisson_sampled_and_clipped_like_examples():
     step = audited_step(_step(n, batch, steps, sigma=0.0), canaries.num_included)
     assert step.num_examples == n + coins.sum() and step.sample_rate == pytest.approx(batch / (n + coins.sum()))
     images, labels = _data(n)
-    trainer = trainer_class(None)(model, make_noise_scheduler(), images, labels, step, _settings(), 0, "cpu",
-                                  canaries=canaries)
+    trainer = trainer_class(None)(model, make_noise_scheduler(), images, labels, TrainerSetup(step, _settings(), 0),
+                                  "cpu", canaries=canaries)
     assert trainer.population == n + coins.sum()
     trainer.train(progress=False)
     counts = np.bincount(torch.cat(canaries.calls).numpy(), minlength=m)
@@ -82,8 +84,8 @@ def test_canaries_are_poisson_sampled_and_clipped_like_examples():
     j = int(canaries.included[5])
     # A gradient canary's norm is set, not computed: an engine whose norms are wrong does not touch it.
     for fault, norm in ((None, C), ("no-clip", 10 * C), ("halved-norms", C)):
-        tr = trainer_class(fault)(_model(), make_noise_scheduler(), images, labels, step, _settings(), 0, "cpu",
-                                  canaries=canaries)
+        tr = trainer_class(fault)(_model(), make_noise_scheduler(), images, labels, TrainerSetup(step, _settings(), 0),
+                                  "cpu", canaries=canaries)
         released = tr.compute_step_gradient(torch.tensor([n + 5]))
         flat = canaries.flatten(released) * batch
         assert torch.allclose(flat, norm * canaries.direction(j), atol=1e-6 * norm), fault
@@ -103,8 +105,9 @@ def test_engine_canaries_get_their_norm_and_weight_from_the_engine(method, grad_
         model = _model(method)
         params = [p for p in model.parameters() if p.requires_grad]
         canaries = EngineCanaries(params, m, norm=10 * C, seed=3, embedding=model.class_embedding, secret_in=coins)
-        tr = trainer_class(fault)(model, make_noise_scheduler(), images, labels, step,
-                                  _settings(grad_sample_mode=grad_sample_mode), 0, "cpu", canaries=canaries)
+        tr = trainer_class(fault)(model, make_noise_scheduler(), images, labels,
+                                  TrainerSetup(step, _settings(grad_sample_mode=grad_sample_mode), 0), "cpu",
+                                  canaries=canaries)
         for pos in (0, 7):  # canaries on different embedding rows
             j = int(canaries.included[pos])
             flat = canaries.flatten(tr.compute_step_gradient(torch.tensor([n + pos]))) * batch
@@ -251,8 +254,11 @@ def small_audit_setting():
 def test_injected_faults_push_eps_low_above_a_small_epsilon(small_audit_setting, fault):
     n, m, step, budget = small_audit_setting
     images, labels = _data(n)
-    out = audit_training(_model(), make_noise_scheduler(), images, labels, step, _settings(), 0, "cpu",
-                         delta=budget.delta, budget=budget, canaries=m, fault=fault)
+    torch.manual_seed(0)
+    recipe = ModelRecipe.of(build_unet("tiny", image_size=8, channels=1, num_classes=4), "bias", {}, 4, "cpu",
+                            scheduler=make_noise_scheduler())
+    out = audit_training(recipe, (images, labels), TrainerSetup(step, _settings(), 0, budget=budget),
+                         delta=budget.delta, options=AuditOptions(canaries=m, fault=fault))
     # The audited run's own ε is the accountant's at its own q, which moves with the random count of
     # included canaries (Binomial(m, 1/2): a fixed 5% tolerance on ε failed at 471 included, -1.8 sd).
     included = out.step.num_examples - n

@@ -18,7 +18,7 @@ from dpbench.engine.bookkeeping import BookKeepingClipper
 from dpbench.config.suite import TrainingSettings
 from dpbench.errors import UserError
 from dpbench.engine.measure import probe_step
-from dpbench.engine.trainer import DPTrainer, prepare_model
+from dpbench.engine.trainer import DPTrainer, TrainerSetup, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
 from dpbench.registry import METHODS
 
@@ -55,7 +55,7 @@ class UNetCase:
         step = probe_step(BATCH, private=False, noise_multiplicity=rows_per_example)
         # label dropout: the K copies of one example can carry different class-embedding rows
         settings = TrainingSettings(optimizer="sgd", ema_decay=None, label_dropout=0.5)
-        self.trainer = DPTrainer(model, make_noise_scheduler(), images, labels, step, settings, seed, "cpu")
+        self.trainer = DPTrainer(model, make_noise_scheduler(), images, labels, TrainerSetup(step, settings, seed), "cpu")
         self.model, self.params, self.rows_per_example = model, self.trainer.params, rows_per_example
         self.inputs = (self.trainer.images, *self.trainer.draw_diffusion_inputs(self.trainer.labels))
 

@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from dpbench.config.suite import TrainingSettings
-from dpbench.engine.trainer import DPTrainer, prepare_model
+from dpbench.engine.trainer import DPTrainer, TrainerSetup, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
 from dpbench.privacy.accounting import Budget, ClippingRule, DPStep
 from dpbench.registry import METHODS
@@ -41,8 +41,9 @@ def _trainer(data, distributed=None, sigma=0.0, clipping=None, method="lora", st
     step = DPStep(private=True, noise_multiplier=sigma, clipping=clipping or ClippingRule("fixed", max_grad_norm=C),
                   sample_rate=1 / 3, steps=steps, expected_batch_size=16, physical_batch_size=3, noise_multiplicity=2,
                   num_examples=len(x))
-    return DPTrainer(model, make_noise_scheduler(), x, y, step, TrainingSettings(ema_decay=ema), 0, "cpu",
-                     budget=BUDGET, reproducible=reproducible, distributed=distributed)
+    return DPTrainer(model, make_noise_scheduler(), x, y,
+                     TrainerSetup(step, TrainingSettings(ema_decay=ema), 0, budget=BUDGET, reproducible=reproducible),
+                     "cpu", distributed=distributed)
 
 
 def scenarios(distributed=None) -> dict:

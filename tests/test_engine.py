@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dpbench.config.suite import TrainingSettings
-from dpbench.engine.trainer import DPTrainer, prepare_model
+from dpbench.engine.trainer import DPTrainer, TrainerSetup, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
 from dpbench.privacy.accounting import Budget, ClippingRule, DPStep, Schedule, make_plan
 from dpbench.registry import METHODS
@@ -40,8 +40,8 @@ def _trainer(method, data, dtype=torch.float32, options=None, training=None, bud
     torch.manual_seed(0)
     x, y = data
     model = prepare_model(build_unet("tiny", 8, 1, 10), METHODS.get(method)(options), 10, "cpu", dtype)
-    return DPTrainer(model, make_noise_scheduler(), x, y, _step(len(x), **step), training or TrainingSettings(ema_decay=None),
-                     0, "cpu", budget=budget)
+    setup = TrainerSetup(_step(len(x), **step), training or TrainingSettings(ema_decay=None), 0, budget=budget)
+    return DPTrainer(model, make_noise_scheduler(), x, y, setup, "cpu")
 
 
 def _randomise_adapters(trainer):
@@ -118,8 +118,9 @@ def test_dp_noise_is_not_reproducible_from_the_seed(digits8):
         torch.manual_seed(0)
         x, y = digits8
         model = prepare_model(build_unet("tiny", 8, 1, 10), METHODS.get("bias")(), 10, "cpu")
-        tr = DPTrainer(model, make_noise_scheduler(), x, y, _step(len(x)), TrainingSettings(ema_decay=None), 7, "cpu",
-                       budget=BUDGET, reproducible=reproducible)
+        tr = DPTrainer(model, make_noise_scheduler(), x, y,
+                       TrainerSetup(_step(len(x)), TrainingSettings(ema_decay=None), 7, budget=BUDGET,
+                                    reproducible=reproducible), "cpu")
         tr.train(progress=False)
         return tr.noise_source, torch.cat([p.detach().flatten() for p in tr.params])
 
@@ -137,8 +138,9 @@ def test_poisson_batches_are_not_reproducible_from_the_seed(digits8):
         torch.manual_seed(0)
         x, y = digits8
         model = prepare_model(build_unet("tiny", 8, 1, 10), METHODS.get("bias")(), 10, "cpu")
-        tr = DPTrainer(model, make_noise_scheduler(), x, y, _step(len(x)), TrainingSettings(ema_decay=None), 7, "cpu",
-                       budget=BUDGET, reproducible=reproducible)
+        tr = DPTrainer(model, make_noise_scheduler(), x, y,
+                       TrainerSetup(_step(len(x)), TrainingSettings(ema_decay=None), 7, budget=BUDGET,
+                                    reproducible=reproducible), "cpu")
         return tr.noise_source, [tr.sample_logical_batch().tolist() for _ in range(5)]
 
     (source, a), (_, b) = batches(False), batches(False)
@@ -190,7 +192,8 @@ def test_epsilon_spent_never_exceeds_target(digits8, accountant):
                      clipping=ClippingRule("fixed", 1.0), noise_multiplicity=2, physical_batch_size=8)
     torch.manual_seed(0)
     model = prepare_model(build_unet("tiny", 8, 1, 10), METHODS.get("loda")({"hidden": 4}), 10, "cpu")
-    tr = DPTrainer(model, make_noise_scheduler(), *digits8, plan.step, TrainingSettings(), 0, "cpu", budget=plan.budget)
+    tr = DPTrainer(model, make_noise_scheduler(), *digits8,
+                   TrainerSetup(plan.step, TrainingSettings(), 0, budget=plan.budget), "cpu")
     stats = tr.train(progress=False)
     assert stats.steps == 6
     assert 0.9 * 3.0 < stats.epsilon_spent <= 3.0, (accountant, stats.epsilon_spent)
@@ -209,8 +212,8 @@ def test_quantile_clipping_keeps_the_total_budget_and_adapts_C(digits8):
     assert sigma_g ** -2 + (2 * count_std) ** -2 == pytest.approx(z ** -2)
     torch.manual_seed(0)
     model = prepare_model(build_unet("tiny", 8, 1, 10), METHODS.get("bias")(), 10, "cpu")
-    tr = DPTrainer(model, make_noise_scheduler(), *digits8, plan.step, TrainingSettings(ema_decay=None), 0, "cpu",
-                   budget=plan.budget)
+    tr = DPTrainer(model, make_noise_scheduler(), *digits8,
+                   TrainerSetup(plan.step, TrainingSettings(ema_decay=None), 0, budget=plan.budget), "cpu")
     stats = tr.train(progress=False)
     assert all(h[0] == z for h in tr.accountant.history)
     assert stats.epsilon_spent <= 3.0
@@ -279,8 +282,8 @@ def test_models_loaded_in_eval_mode_still_get_per_example_gradients(digits8):
     """from_pretrained() returns eval-mode models; Opacus stores activations only in training mode."""
     torch.manual_seed(0)
     model = prepare_model(build_unet("tiny", 8, 1, 10).eval(), METHODS.get("bias")(), 10, "cpu")
-    tr = DPTrainer(model, make_noise_scheduler(), *digits8, _step(len(digits8[0])), TrainingSettings(ema_decay=None), 0,
-                   "cpu", budget=BUDGET)
+    tr = DPTrainer(model, make_noise_scheduler(), *digits8,
+                   TrainerSetup(_step(len(digits8[0])), TrainingSettings(ema_decay=None), 0, budget=BUDGET), "cpu")
     assert tr.train_step() > 0 and tr.step == 1
 
 

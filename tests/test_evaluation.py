@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dpbench.errors import UserError
-from dpbench.evaluation.classifiers import train_and_evaluate, wrn16_4
+from dpbench.evaluation.classifiers import ClassifierTraining, train_and_evaluate, wrn16_4
 from dpbench.evaluation.features import (
     INCEPTION_FILE,
     INCEPTION_WEIGHTS_ENV,
@@ -72,7 +72,8 @@ def test_registered_names():
     with pytest.raises(UserError, match="random_cnn"):
         extract_features("random_cn", torch.zeros(2, 1, 8, 8))
     with pytest.raises(UserError, match="wrn16_4"):
-        train_and_evaluate("wrn16-4", torch.zeros(2, 1, 8, 8), torch.zeros(2), torch.zeros(2, 1, 8, 8), torch.zeros(2), 2, [0], 1, 2, 1e-3)
+        train_and_evaluate(ClassifierTraining("wrn16-4", [0], 1, 2, 1e-3), torch.zeros(2, 1, 8, 8), torch.zeros(2),
+                           torch.zeros(2, 1, 8, 8), torch.zeros(2), 2)
 
 
 # ------------------------------------------------------------------------------------------------ Fréchet distance
@@ -228,13 +229,15 @@ def test_random_cnn_on_real_mnist():
 def test_cnn_classifier_learns_digits_deterministically(digits):
     xtr, ytr, xte, yte = digits
     torch.manual_seed(0)
-    r1 = train_and_evaluate("cnn", xtr, ytr, xte, yte, num_classes=10, seeds=[0], epochs=3, batch_size=64, lr=3e-3)
+    r1 = train_and_evaluate(ClassifierTraining("cnn", seeds=[0], epochs=3, batch_size=64, lr=3e-3), xtr, ytr, xte, yte,
+                            num_classes=10)
     assert r1["classifier"] == "cnn"
     assert r1["accuracy"] > 0.8
     assert r1["accuracy_std"] == 0.0 and len(r1["accuracies"]) == 1
     state = torch.get_rng_state()
     torch.manual_seed(999)  # the global RNG must not matter
-    r2 = train_and_evaluate("cnn", xtr, ytr, xte, yte, num_classes=10, seeds=[0], epochs=3, batch_size=64, lr=3e-3)
+    r2 = train_and_evaluate(ClassifierTraining("cnn", seeds=[0], epochs=3, batch_size=64, lr=3e-3), xtr, ytr, xte, yte,
+                            num_classes=10)
     assert r2["accuracies"] == r1["accuracies"]
     torch.set_rng_state(state)
 
@@ -242,7 +245,8 @@ def test_cnn_classifier_learns_digits_deterministically(digits):
 def test_cnn_classifier_with_shuffled_labels_is_near_chance(digits):
     xtr, ytr, xte, yte = digits
     shuffled = ytr[torch.randperm(len(ytr), generator=torch.Generator().manual_seed(1))]
-    r = train_and_evaluate("cnn", xtr[:600], shuffled[:600], xte, yte, num_classes=10, seeds=[0, 1], epochs=2, batch_size=64, lr=3e-3)
+    r = train_and_evaluate(ClassifierTraining("cnn", seeds=[0, 1], epochs=2, batch_size=64, lr=3e-3), xtr[:600],
+                           shuffled[:600], xte, yte, num_classes=10)
     assert len(r["accuracies"]) == 2 and r["accuracy"] < 0.25
     assert r["accuracy"] == pytest.approx(np.mean(r["accuracies"]))
     assert r["accuracy_std"] == pytest.approx(np.std(r["accuracies"]))
@@ -253,7 +257,8 @@ def test_wrn16_4_shapes_and_runs():
     for size in (16, 32):
         assert wrn16_4(1, 7)(torch.zeros(2, 1, size, size)).shape == (2, 7)
     x, y = _digits_16()
-    r = train_and_evaluate("wrn16_4", x[:64], y[:64], x[64:128], y[64:128], 10, [0], epochs=1, batch_size=32, lr=1e-3, augment=True)
+    r = train_and_evaluate(ClassifierTraining("wrn16_4", [0], epochs=1, batch_size=32, lr=1e-3, augment=True), x[:64],
+                           y[:64], x[64:128], y[64:128], 10)
     assert 0.0 <= r["accuracy"] <= 1.0 and r["classifier"] == "wrn16_4"
 
 

@@ -172,7 +172,7 @@ def test_every_trainable_parameter_moves_in_dp_training(name):
     """opacus#820: peft adapters that never update. One private step on the default engine moves them all
     (DPTrainer.train asserts it; the comparison here makes the test fail on its own if that check went)."""
     from dpbench.config.suite import TrainingSettings
-    from dpbench.engine.trainer import DPTrainer
+    from dpbench.engine.trainer import DPTrainer, TrainerSetup
     from dpbench.models.diffusion import make_noise_scheduler
     from dpbench.privacy.accounting import ClippingRule, DPStep
 
@@ -181,8 +181,8 @@ def test_every_trainable_parameter_moves_in_dp_training(name):
     step = DPStep(private=True, noise_multiplier=1.0, clipping=ClippingRule(mode="fixed", max_grad_norm=1.0),
                   sample_rate=0.5, steps=1, expected_batch_size=4, physical_batch_size=4, noise_multiplicity=1,
                   num_examples=8)
-    trainer = DPTrainer(model, make_noise_scheduler(), torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8) % 3, step,
-                        TrainingSettings(optimizer="sgd", lr=0.1, ema_decay=None), 0, "cpu")
+    trainer = DPTrainer(model, make_noise_scheduler(), torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8) % 3,
+                        TrainerSetup(step, TrainingSettings(optimizer="sgd", lr=0.1, ema_decay=None), 0), "cpu")
     before = [p.detach().clone() for p in trainer.params]
     trainer.train(progress=False)
     assert all(not torch.equal(p0, p.detach()) for p0, p in zip(before, trainer.params))

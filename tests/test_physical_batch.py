@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from dpbench.config.suite import TrainingSettings
-from dpbench.engine.trainer import DPTrainer, prepare_model
+from dpbench.engine.trainer import DPTrainer, TrainerSetup, prepare_model
 from dpbench.models.diffusion import build_unet, make_noise_scheduler
 from dpbench.privacy.accounting import Budget, ClippingRule, DPStep
 from dpbench.registry import METHODS
@@ -53,10 +53,10 @@ def _trainer(data, physical: int, clipping: ClippingRule, floor: int = 1) -> DPT
     model = prepare_model(build_unet("tiny", 8, 1, 10), METHODS.get("lora")({"target": "all"}), 10, "cpu", torch.float64)
     step = DPStep(private=True, noise_multiplier=0.8, clipping=clipping, sample_rate=0.5, steps=3,
                   expected_batch_size=48, physical_batch_size=physical, noise_multiplicity=2, num_examples=len(x))
-    return DPTrainer(model, make_noise_scheduler(), x, y, step,
-                     TrainingSettings(ema_decay=None, min_physical_batch_size=floor), 0, "cpu",
-                     budget=Budget(epsilon=4.0, delta=1e-5, accountant="rdp", noise_multiplier=0.8),
-                     reproducible=True)
+    return DPTrainer(model, make_noise_scheduler(), x, y,
+                     TrainerSetup(step, TrainingSettings(ema_decay=None, min_physical_batch_size=floor), 0,
+                                  budget=Budget(epsilon=4.0, delta=1e-5, accountant="rdp", noise_multiplier=0.8),
+                                  reproducible=True), "cpu")
 
 
 @pytest.mark.parametrize("where", ["up_blocks.0.attentions.0", "conv_out"])

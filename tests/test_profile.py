@@ -92,12 +92,12 @@ def test_total_memory_counts_the_engines_buffers_held_between_steps():
 
     from dpbench.config.suite import TrainingSettings
     from dpbench.engine.measure import StepProbe
+    from dpbench.engine.setup import ModelRecipe
     from dpbench.models.diffusion import build_unet, make_noise_scheduler
-    from dpbench.registry import METHODS
 
     torch.manual_seed(0)
-    probe = StepProbe(build_unet("tiny", 8, 1, 10), METHODS.get("full")({}), 10, make_noise_scheduler(),
-                      TrainingSettings(ema_decay=None), "cpu", batch=4, private=True, image_shape=(1, 8, 8))
+    recipe = ModelRecipe.of(build_unet("tiny", 8, 1, 10), "full", {}, 10, "cpu", scheduler=make_noise_scheduler())
+    probe = StepProbe(recipe, TrainingSettings(ema_decay=None), batch=4, private=True, image_shape=(1, 8, 8))
     try:
         memory = probe.memory(steps=1)
         held = probe.trainer.backend.held_bytes()

@@ -24,10 +24,9 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 
 from dpbench.audit.bound import DEFAULT_CONFIDENCE
 from dpbench.audit.canaries import DEFAULT_MAX_ELEMENTS, EngineCanaries, GradientCanaries
@@ -37,6 +36,10 @@ from dpbench.audit.scoring import RULES, THREAT_MODELS, FamilyBound, ReleaseReco
 from dpbench.errors import UserError
 from dpbench.privacy.accounting import DPStep
 from dpbench.privacy.noise import derive_seed
+
+if TYPE_CHECKING:
+    from dpbench.engine.setup import ModelRecipe
+    from dpbench.engine.trainer import TrainerSetup
 
 log = logging.getLogger("dpbench")
 
@@ -79,43 +82,61 @@ class AuditOutcome:
                 and (self.replay is None or self.replay.passed))
 
 
-def audit_training(model, scheduler, images: torch.Tensor, labels: torch.Tensor, step: DPStep, training, seed: int,
-                   device, *, delta: float, budget=None, canaries: int = DEFAULT_CANARIES, fault: Optional[str] = None,
-                   canary_kind: str = "random", norm_multiple: float = DEFAULT_NORM_MULTIPLE,
-                   reproducible: bool = False, secret_in: Optional[np.ndarray] = None, replay: bool = True,
-                   confidence: float = DEFAULT_CONFIDENCE, max_elements: int = DEFAULT_MAX_ELEMENTS,
-                   progress: bool = False) -> AuditOutcome:
-    """Train ``model`` (already prepared for its method) once with canaries, observing; score; bound.
+@dataclass(frozen=True)
+class AuditOptions:
+    """How a run is audited: m canaries of a kind and norm (``secret_in``: fixed coins instead of secret
+    ones, for tests), an injected ``fault`` (dpbench/engine/faults.py), the replay check, the confidence."""
 
-    ``step`` is the suite's DP step for the private data alone (``num_examples`` = N); the audited step
-    adds the included canaries to the population (:func:`audited_step`).
+    canaries: int = DEFAULT_CANARIES
+    fault: Optional[str] = None
+    canary_kind: str = "random"
+    norm_multiple: float = DEFAULT_NORM_MULTIPLE
+    secret_in: Optional[np.ndarray] = None
+    replay: bool = True
+    confidence: float = DEFAULT_CONFIDENCE
+    max_elements: int = DEFAULT_MAX_ELEMENTS
+
+
+def make_canaries(model, step: DPStep, seed: int, options: AuditOptions):
+    """The m canaries on the trainable parameters of ``model``, each in by a secret coin (``options.secret_in``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm, kind = canary_norm(step, options.norm_multiple), options.canary_kind
+    canary_seed = derive_seed(seed, _CANARY_STREAM)
+    try:
+        if kind == "engine":
+            return EngineCanaries(params, options.canaries, norm=norm, seed=canary_seed,
+                                  embedding=model.class_embedding, secret_in=options.secret_in)
+        return GradientCanaries(params, options.canaries, norm=norm, seed=canary_seed, kind=kind,
+                                secret_in=options.secret_in, max_elements=options.max_elements)
+    except ValueError as err:  # e.g. more Dirac canaries than trainable coordinates
+        raise UserError(f"--canaries {options.canaries} --canary-kind {kind}: {err}") from None
+
+
+def audit_training(recipe: "ModelRecipe", data: tuple, setup: "TrainerSetup", *, delta: float,
+                   options: AuditOptions = AuditOptions(), progress: bool = False) -> AuditOutcome:
+    """Prepare the recipe's model (under ``setup.seed``), train it once on ``data`` (images, labels) with
+    canaries, observing; score; bound.
+
+    ``setup.step`` is the suite's DP step for the private data alone (``num_examples`` = N); the audited
+    step adds the included canaries to the population (:func:`audited_step`).
     """
     from dpbench.engine.faults import trainer_class
 
-    if not step.private:
+    if not setup.step.private:
         raise UserError("ε = ∞ runs make no privacy claim: nothing to audit")
+    model = recipe.prepare(seed=setup.seed)
     start = time.perf_counter()
-    cls = trainer_class(fault)
-    params = [p for p in model.parameters() if p.requires_grad]
-    try:
-        if canary_kind == "engine":
-            canary_set = EngineCanaries(params, canaries, norm=canary_norm(step, norm_multiple),
-                                        seed=derive_seed(seed, _CANARY_STREAM), embedding=model.class_embedding,
-                                        secret_in=secret_in)
-        else:
-            canary_set = GradientCanaries(params, canaries, norm=canary_norm(step, norm_multiple),
-                                          seed=derive_seed(seed, _CANARY_STREAM), kind=canary_kind,
-                                          secret_in=secret_in, max_elements=max_elements)
-    except ValueError as err:  # e.g. more Dirac canaries than trainable coordinates
-        raise UserError(f"--canaries {canaries} --canary-kind {canary_kind}: {err}") from None
-    step = audited_step(step, canary_set.num_included)
-    trainer = cls(model, scheduler, images, labels, step, training, seed, device, budget=budget,
-                  reproducible=reproducible, canaries=canary_set)
+    trainer_class(options.fault)  # an unknown fault fails before the canaries are drawn
+    images, labels = data
+    canary_set = make_canaries(model, setup.step, setup.seed, options)
+    step = audited_step(setup.step, canary_set.num_included)
+    trainer = recipe.trainer(model, images, labels, dataclasses.replace(setup, step=step), fault=options.fault,
+                             canaries=canary_set)
     recorder = ReleaseRecorder(canary_set)
     trainer.release_observers.append(recorder)
     check = None
-    if replay:
-        pick = np.random.default_rng(derive_seed(seed, _RECORD_STREAM))
+    if options.replay:
+        pick = np.random.default_rng(derive_seed(setup.seed, _RECORD_STREAM))
         check = ReplayCheck(trainer, examples=[int(pick.integers(len(images)))]).attach()
     initial = [p.detach().clone() for p in trainer.params]
     stats = trainer.train(progress=progress)
@@ -124,10 +145,10 @@ def audit_training(model, scheduler, images: torch.Tensor, labels: torch.Tensor,
     trainer.finish()  # the released weights: EMA where the suite keeps one
     final = [p.detach().clone() for p in trainer.params]
     scores = canary_scores(canary_set, recorder, initial, final)
-    claimed = None
+    claimed, budget = None, setup.budget
     if budget is not None:  # the curve the accountant claims for the audited run's (σ, q, T)
         claimed = claimed_curve(budget.accountant, budget.noise_multiplier, step.sample_rate, step.steps)
-    family = family_bound(scores, canary_set.secret_in, delta, confidence, claimed=claimed)
+    family = family_bound(scores, canary_set.secret_in, delta, options.confidence, claimed=claimed)
     return AuditOutcome(family=family, replay=check, canaries=canary_set, step=step,
                         epsilon_mechanism=stats.epsilon_spent, train_seconds=stats.train_seconds,
                         seconds=time.perf_counter() - start)
@@ -155,23 +176,17 @@ def audit_file_name(fault: Optional[str]) -> str:
 def audit_run(ctx, planned, *, canaries: int = DEFAULT_CANARIES, fault: Optional[str] = None,
               canary_kind: str = "random"):
     """Audit one planned run of a suite; write and return its :class:`AuditResult`."""
-    from dpbench.engine.trainer import prepare_model
-    from dpbench.models.diffusion import make_noise_scheduler
     from dpbench.provenance import provenance
-    from dpbench.registry import METHODS
     from dpbench.results import AuditResult, format_epsilon, run_dir, write_model
+    from dpbench.runner.setup import run_recipe, run_trainer_setup
 
     suite, spec, plan = ctx.suite, planned.spec, planned.plan
     log.info("── audit %s%s: %s at ε=%s (σ=%.4g, T=%d, %d canaries)", spec.run_id,
              f" with fault {fault}" if fault else "", spec.method, format_epsilon(spec.epsilon),
              plan.budget.noise_multiplier, plan.step.steps, canaries)
-    method = METHODS.get(spec.method)(planned.method.options)
-    scheduler = make_noise_scheduler(suite.model.num_train_timesteps, suite.model.beta_schedule)
-    torch.manual_seed(spec.seed)
-    model = prepare_model(ctx.pretrained.model, method, ctx.num_classes, ctx.device)
-    outcome = audit_training(model, scheduler, ctx.train[0], ctx.train[1], plan.step, planned.training, spec.seed,
-                             ctx.device, delta=plan.budget.delta, budget=plan.budget, canaries=canaries, fault=fault,
-                             canary_kind=canary_kind, reproducible=suite.privacy.reproducible,
+    outcome = audit_training(run_recipe(ctx, planned), ctx.train, run_trainer_setup(ctx, planned),
+                             delta=plan.budget.delta,
+                             options=AuditOptions(canaries=canaries, fault=fault, canary_kind=canary_kind),
                              progress=ctx.progress)
     c, claimed = outcome.canaries, outcome.family.claimed
     passed = outcome.passed(spec.epsilon)
@@ -220,7 +235,7 @@ def audit_suite(settings, only: list[str] = (), *, canaries: Optional[int] = Non
     from dpbench.engine.faults import trainer_class
     from dpbench.runner.context import RunContext
     from dpbench.runner.plan import is_private
-    from dpbench.runner.suite_runner import planned_grid
+    from dpbench.runner.plan import planned_grid
 
     trainer_class(fault)  # an unknown fault is a one-line error before any work
     canaries = DEFAULT_CANARIES if canaries is None else canaries

@@ -61,18 +61,19 @@ def measure_pair(target: ProfileTarget, label: str, method_name: str, options: d
     ``settings.energy_steps`` on CUDA, each mode then runs that many steps in a block of its own for NVML's
     energy counter (which cannot split interleaved steps)."""
     from dpbench.engine.measure import StepProbe, time_interleaved
+    from dpbench.engine.setup import ModelRecipe
     from dpbench.models.diffusion import make_noise_scheduler
     from dpbench.registry import METHODS
     from dpbench.results import ProfileEntry
 
-    training, noise_multiplicity = settings.training, settings.noise_multiplicity
     method = METHODS.get(method_name, "--methods")(options)
     probes = []
     try:
         for mode in modes:
-            probes.append(StepProbe(target.pretrained, method, target.num_classes, make_noise_scheduler(), training,
-                                    device, batch=batch, private=mode == "dp", image_shape=target.image_shape,
-                                    noise_multiplicity=noise_multiplicity, warmup=2))
+            probes.append(StepProbe(ModelRecipe(target.pretrained, method, target.num_classes, device,
+                                                make_noise_scheduler()), settings.training, batch=batch,
+                                    private=mode == "dp", image_shape=target.image_shape,
+                                    noise_multiplicity=settings.noise_multiplicity, warmup=2))
         memory = [probe.memory() for probe in probes]
         timing = time_interleaved(probes, settings.steps) if settings.steps else [{}] * len(probes)
         energy = [_energy_per_step(probe, settings.energy_steps) for probe in probes]

@@ -1,8 +1,9 @@
 """Cost of one DP-loop step at a full physical batch: peak memory and step time, measured apart.
 
 Memory does not depend on the pixel values, so a :class:`StepProbe` runs the real DP loop (a fresh
-copy of the model prepared by the method, the run's backend, optimiser, EMA and K) on *random* images
-of the private data's shape: it costs no privacy and can be repeated. Two numbers:
+copy of the model prepared by the method from a :class:`~dpbench.engine.setup.ModelRecipe`, the run's
+backend, optimiser, EMA and K) on *random* images of the private data's shape: it costs no privacy and
+can be repeated. Two numbers:
 
 - ``peak_memory_bytes``: the step alone, above what was allocated before it (median of 3 single-step
   peaks after warm-up steps), which isolates the DP step's own cost;
@@ -25,10 +26,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from dpbench.engine.memory import PeakMemory, resident_bytes
+
+if TYPE_CHECKING:
+    from dpbench.engine.setup import ModelRecipe
 
 
 def probe_step(batch: int, private: bool, noise_multiplicity: int = 1, clipping=None):
@@ -66,22 +71,21 @@ def memory_breakdown(trainer) -> dict[str, int]:
 class StepProbe:
     """One DP-loop step of ``batch`` random examples, repeatable (q = 1: no Poisson variation)."""
 
-    def __init__(self, pretrained, method, num_classes: int, scheduler, training, device, *, batch: int,
-                 private: bool, image_shape: tuple, noise_multiplicity: int = 1, warmup: int = 1, clipping=None):
-        from dpbench.engine.trainer import DPTrainer, prepare_model
+    def __init__(self, recipe: "ModelRecipe", training, *, batch: int, private: bool, image_shape: tuple,
+                 noise_multiplicity: int = 1, warmup: int = 1, clipping=None):
+        from dpbench.engine.trainer import TrainerSetup
 
-        self.device, self.batch = torch.device(device), batch
+        self.device, self.batch = recipe.device, batch
         gen = torch.Generator().manual_seed(0)
         images = torch.rand((batch, *image_shape), generator=gen) * 2 - 1
-        labels = torch.randint(0, num_classes, (batch,), generator=gen)
+        labels = torch.randint(0, recipe.num_classes, (batch,), generator=gen)
         step = probe_step(batch, private, noise_multiplicity, clipping)
         # A probe measures exactly ``batch``: running out of memory is its answer, not a reason to halve.
         training = training.model_copy(update={"min_physical_batch_size": batch})
         before = resident_bytes(self.device) if self.device.type == "cuda" else 0
         with PeakMemory(self.device) as warmup_window:
-            torch.manual_seed(0)
-            model = prepare_model(pretrained, method, num_classes, self.device)
-            self.trainer = DPTrainer(model, scheduler, images, labels, step, training, 0, self.device)
+            model = recipe.prepare(seed=0)
+            self.trainer = recipe.trainer(model, images, labels, TrainerSetup(step, training, seed=0))
             for _ in range(max(1, warmup)):
                 self.trainer.train_step()
         self.total_reserved_bytes = warmup_window.reserved_bytes
@@ -141,9 +145,9 @@ def time_interleaved(probes: list[StepProbe], steps: int) -> list[dict]:
     return out
 
 
-def measure_step_memory(pretrained, method, num_classes, scheduler, training, device, **probe_args) -> dict:
+def measure_step_memory(recipe: "ModelRecipe", training, **probe_args) -> dict:
     """Peak memory of the run's DP loop at a full physical batch (what result.json reports)."""
-    probe = StepProbe(pretrained, method, num_classes, scheduler, training, device, **probe_args)
+    probe = StepProbe(recipe, training, **probe_args)
     try:
         return probe.memory()
     finally:

@@ -28,6 +28,8 @@ broken loops of dpbench/engine/faults.py.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -59,25 +61,39 @@ def _step_config(n: int, expected: int, physical: int, k: int, sigma: float, c: 
                   noise_multiplicity=k, num_examples=n)
 
 
-def _build(name, options, device, grad_sample_mode, seed, dtype, step, mixed_precision="no", fault=None,
-           reproducible=False):
-    from dpbench.engine.faults import trainer_class
-    from dpbench.engine.trainer import prepare_model
+@dataclass(frozen=True)
+class _Case:
+    """One method checked on one backend: what every check of it builds its trainers from."""
+
+    name: str
+    options: Optional[dict]
+    device: str
+    grad_sample_mode: str
+    seed: int
+    noise_multiplicity: int = 2
+    fault: Optional[str] = None
+
+
+def _build(case: _Case, dtype, step, *, mixed_precision: str = "no", fault: Optional[str] = None,
+           reproducible: bool = False):
+    """A trainer of the tiny model prepared for the case's method, on random data of ``step``'s size."""
+    from dpbench.engine.setup import ModelRecipe
+    from dpbench.engine.trainer import TrainerSetup
     from dpbench.models.diffusion import make_noise_scheduler
-    from dpbench.registry import METHODS
 
     num_classes = 3
-    model = prepare_model(_tiny_model(num_classes, seed), METHODS.get(name)(options), num_classes, device, dtype)
-    gen = torch.Generator().manual_seed(seed)
+    recipe = ModelRecipe.of(_tiny_model(num_classes, case.seed), case.name, case.options, num_classes, case.device,
+                            dtype, scheduler=make_noise_scheduler())
+    model = recipe.prepare()
+    gen = torch.Generator().manual_seed(case.seed)
     with torch.no_grad():  # zero-initialised adapters (B = 0) would make some gradients vanish
         for p in model.parameters():
             if p.requires_grad and not p.any():
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.1)
     images = (torch.rand(step.num_examples, 1, 8, 8, generator=gen, dtype=dtype) * 2 - 1)
     labels = torch.randint(0, num_classes, (step.num_examples,), generator=gen)
-    cls = trainer_class(fault)
-    return cls(model, make_noise_scheduler(), images, labels, step, _settings(grad_sample_mode, mixed_precision),
-               seed, device, reproducible=reproducible)
+    setup = TrainerSetup(step, _settings(case.grad_sample_mode, mixed_precision), case.seed, reproducible=reproducible)
+    return recipe.trainer(model, images, labels, setup, fault=fault)
 
 
 def engine_per_example_gradients(trainer, x, t, noise, labels) -> list[list[torch.Tensor]]:
@@ -135,26 +151,40 @@ def check_method(name: str, options: dict | None = None, device: str = "cpu", gr
                  seed: int = 0, noise_multiplicity: int = 2, fault: str | None = None) -> SelfcheckMethod:
     result = SelfcheckMethod(method=name)
     try:
-        _check(result, name, options, device, grad_sample_mode, seed, noise_multiplicity, fault)
+        _check(result, _Case(name, options, device, grad_sample_mode, seed, noise_multiplicity, fault))
     except Exception as err:  # a failing check is a result, not a crash
         result.error = f"{type(err).__name__}: {err}"
     return result.finalize(REL_ERR_LIMIT)
 
 
-def _check(result, name, options, device, grad_sample_mode, seed, k, fault):
+def _check(result, case: _Case) -> None:
     n = 6
-    trainer = _build(name, options, device, grad_sample_mode, seed, torch.float64,
-                     _step_config(n, n, 4, k, sigma=1.3, c=1.0), fault=fault)
+    trainer = _build(case, torch.float64, _step_config(n, n, 4, case.noise_multiplicity, sigma=1.3, c=1.0),
+                     fault=case.fault)
     result.trainable_params = sum(p.numel() for p in trainer.params)
+    norms = _check_gradients(result, trainer)
+    _check_clipping(result, trainer, norms)
+    _check_step_moves(result, trainer)
+    _check_noise(result, trainer)
+    trainer.finish()
+
+    result.divisor_rel_error = _divisor_check(case)
+    result.mixed_precision_max_ratio = _mixed_precision_clip(case)
+    result.noise_unpredictable = _noise_is_unpredictable(case)
+    result.sampling_unpredictable = _sampling_is_unpredictable(case)
+
+
+def _check_gradients(result, trainer) -> list[float]:
+    """(a) every example's gradient from the backend vs an explicit loop on the reference loss, and the
+    norms the clipping weights come from (right gradients with wrong norms clip wrongly); returns the
+    reference norms."""
     x, y = trainer.images, trainer.labels
     t, noise, lab = trainer.draw_diffusion_inputs(y)
-
-    # (a) every example's gradient from the backend vs an explicit loop on the reference loss
     engine = engine_per_example_gradients(trainer, x, t, noise, lab)
     worst = 0.0
     norms = []
     with _without_backend_hooks(trainer):
-        for i in range(n):
+        for i in range(len(x)):
             ref = _reference_gradient(trainer, x[i:i + 1], t[i], noise[i], lab[i])
             flat_ref = _flat(ref)
             norms.append(float(flat_ref.norm()))
@@ -163,14 +193,16 @@ def _check(result, name, options, device, grad_sample_mode, seed, k, fault):
             for (pname, _), r, g in zip(trainer.named_params, ref, engine[i]):  # name the culprit
                 if float((g.to(torch.float64) - r).norm() / flat_ref.norm()) > REL_ERR_LIMIT and pname not in result.details:
                     result.details.append(pname)
-    # the norms the clipping weights come from: right gradients with wrong norms clip wrongly
     reference_norms = torch.tensor(norms, dtype=torch.float64)
     norm_error = float(((engine_norms(trainer, x, t, noise, lab).cpu() - reference_norms).abs() / reference_norms).max())
     if norm_error > REL_ERR_LIMIT:
         result.details.append("per-example norms")
     result.max_rel_error = max(worst, norm_error)
+    return norms
 
-    # (c) clipping in float64, with C inside the spread of norms so both branches are exercised
+
+def _check_clipping(result, trainer, norms: list[float]) -> None:
+    """(c) clipping in float64, with C inside the spread of norms so both branches are exercised."""
     c = float(torch.tensor(norms).median())
     trainer.clipper.max_grad_norm = c
     weights = trainer.clipper.weights(torch.tensor(norms, dtype=torch.float64))
@@ -181,7 +213,9 @@ def _check(result, name, options, device, grad_sample_mode, seed, k, fault):
     result.max_clipped_norm_ratio = float(contributions.max() / c)
     trainer.clipper.max_grad_norm = 1.0
 
-    # (b) one full DP step: every trainable parameter moves, no frozen one does
+
+def _check_step_moves(result, trainer) -> None:
+    """(b) one full DP step: every trainable parameter moves, no frozen one does."""
     before = {key: v.detach().clone() for key, v in trainer.model.named_parameters()}
     trainer.train_step()
     changed = {key: not torch.equal(before[key], v) for key, v in trainer.model.named_parameters()}
@@ -189,7 +223,9 @@ def _check(result, name, options, device, grad_sample_mode, seed, k, fault):
     result.trainable_changed = all(changed[key] for key in trainable)
     result.frozen_unchanged = not any(changed[key] for key in changed if key not in trainable)
 
-    # (e) noise of a noise-only step (empty Poisson batch): std σ·C, mean 0
+
+def _check_noise(result, trainer) -> None:
+    """(e) noise of a noise-only step (empty Poisson batch): std σ·C, mean 0."""
     draws, empty = [], torch.empty(0, dtype=torch.long)
     while sum(d.numel() for d in draws) < 200_000:
         draws.append(_flat(trainer.compute_step_gradient(empty)) * trainer.config.expected_batch_size)
@@ -203,19 +239,13 @@ def _check(result, name, options, device, grad_sample_mode, seed, k, fault):
     result.noise_ok = bool(abs(result.noise_std_ratio - 1) < 5 / math.sqrt(2 * m)
                            and abs(float(values.mean())) < 5 * target / math.sqrt(m)
                            and abs(correlation) < 5 / math.sqrt(len(first)))
-    trainer.finish()
-
-    result.divisor_rel_error = _divisor_check(name, options, device, grad_sample_mode, seed, k, fault)
-    result.mixed_precision_max_ratio = _mixed_precision_clip(name, options, device, grad_sample_mode, seed, k)
-    result.noise_unpredictable = _noise_is_unpredictable(name, options, device, grad_sample_mode, seed)
-    result.sampling_unpredictable = _sampling_is_unpredictable(name, options, device, grad_sample_mode, seed)
 
 
-def _divisor_check(name, options, device, grad_sample_mode, seed, k, fault) -> float:
+def _divisor_check(case: _Case) -> float:
     """(d): a noise-free step on a Poisson batch of realised size ≠ expected, against the definition."""
     n, expected = 8, 4
-    trainer = _build(name, options, device, grad_sample_mode, seed, torch.float64,
-                     _step_config(n, expected, 3, k, sigma=0.0, c=1.0), fault=fault)
+    trainer = _build(case, torch.float64, _step_config(n, expected, 3, case.noise_multiplicity, sigma=0.0, c=1.0),
+                     fault=case.fault)
     for _ in range(100):  # a deterministic search for a batch whose size is not the expected one
         sampling, diffusion = trainer.sampling_gen.get_state(), trainer.diffusion_gen.get_state()
         indices = trainer.sample_logical_batch()
@@ -239,11 +269,11 @@ def _divisor_check(name, options, device, grad_sample_mode, seed, k, fault) -> f
     return float((engine - reference).norm() / reference.norm())
 
 
-def _mixed_precision_clip(name, options, device, grad_sample_mode, seed, k) -> float:
+def _mixed_precision_clip(case: _Case) -> float:
     """(c) under bf16 autocast: the largest ‖w_i·g_i‖ / C over examples, with g_i as the backend saw it."""
     n = 6
-    trainer = _build(name, options, device, grad_sample_mode, seed, torch.float32,
-                     _step_config(n, n, n, k, sigma=1.0, c=1.0), mixed_precision="bf16")
+    trainer = _build(case, torch.float32, _step_config(n, n, n, case.noise_multiplicity, sigma=1.0, c=1.0),
+                     mixed_precision="bf16")
     if trainer.autocast_dtype is None:
         raise RuntimeError("bf16 autocast is not available on this device")
     x, y = trainer.images, trainer.labels
@@ -261,11 +291,10 @@ def _mixed_precision_clip(name, options, device, grad_sample_mode, seed, k) -> f
     return float((weights * norms64).max() / c)
 
 
-def _noise_is_unpredictable(name, options, device, grad_sample_mode, seed) -> bool:
+def _noise_is_unpredictable(case: _Case) -> bool:
     """Same seed, default settings: different noise. Same seed, reproducible noise: the same noise."""
     def noise_of(reproducible: bool) -> torch.Tensor:
-        trainer = _build(name, options, device, grad_sample_mode, seed, torch.float64,
-                         _step_config(4, 2, 2, 1, sigma=1.0, c=1.0), reproducible=reproducible)
+        trainer = _build(case, torch.float64, _step_config(4, 2, 2, 1, sigma=1.0, c=1.0), reproducible=reproducible)
         out = _flat(trainer.compute_step_gradient(torch.empty(0, dtype=torch.long)))
         trainer.finish()
         return out
@@ -273,12 +302,12 @@ def _noise_is_unpredictable(name, options, device, grad_sample_mode, seed) -> bo
     return bool(not torch.equal(noise_of(False), noise_of(False)) and torch.equal(noise_of(True), noise_of(True)))
 
 
-def _sampling_is_unpredictable(name, options, device, grad_sample_mode, seed) -> bool:
+def _sampling_is_unpredictable(case: _Case) -> bool:
     """Same seed, default settings: different Poisson batches (who is sampled is secret: amplification by
     subsampling assumes it). Same seed, reproducible: the same batches."""
     def batches_of(reproducible: bool) -> list[list[int]]:
-        trainer = _build(name, options, device, grad_sample_mode, seed, torch.float64,
-                         _step_config(32, 16, 16, 1, sigma=1.0, c=1.0), reproducible=reproducible)
+        trainer = _build(case, torch.float64, _step_config(32, 16, 16, 1, sigma=1.0, c=1.0),
+                         reproducible=reproducible)
         out = [trainer.sample_logical_batch().tolist() for _ in range(8)]  # 256 coins: equal by chance ~2^-256
         trainer.finish()
         return out

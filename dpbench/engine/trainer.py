@@ -91,21 +91,34 @@ def autocast_dtype(device: torch.device, mixed_precision: str) -> Optional[torch
     return torch.bfloat16 if mixed_precision == "bf16" else None
 
 
-class DPTrainer:
-    """Trains the trainable parameters of a prepared model with one :class:`DPStep` configuration.
+@dataclass(frozen=True)
+class TrainerSetup:
+    """What one trainer is configured with, besides its model and data.
 
     ``budget`` (optional) is what the accountant steps against; probes and checks run without one.
     ``reproducible`` derives the Poisson sampling and the DP noise from ``seed``: not a DP release
     (see dpbench/privacy/noise.py); by default both come from OS entropy.
+    """
+
+    step: DPStep
+    training: "TrainingSettings"
+    seed: int = 0
+    budget: Optional[Budget] = None
+    reproducible: bool = False
+
+
+class DPTrainer:
+    """Trains the trainable parameters of a prepared model with one :class:`TrainerSetup` (its DP step,
+    training settings, seed, budget and whether its randomness is reproducible).
+
     ``canaries`` (the audit) adds gradient canaries to the sampled population; ``distributed`` (one
     run on several processes, dpbench/engine/distributed.py) shards each logical batch and all-reduces
     the clipped sums; the EMA and the accountant then live on rank 0 only.
     """
 
-    def __init__(self, model: nn.Module, scheduler, images: torch.Tensor, labels: torch.Tensor, step: DPStep,
-                 training: "TrainingSettings", seed: int, device: torch.device | str, *,
-                 budget: Optional[Budget] = None, reproducible: bool = False, canaries=None,
-                 distributed=None):
+    def __init__(self, model: nn.Module, scheduler, images: torch.Tensor, labels: torch.Tensor, setup: TrainerSetup,
+                 device: torch.device | str, *, canaries=None, distributed=None):
+        step, training, seed, budget = setup.step, setup.training, setup.seed, setup.budget
         self.device = torch.device(device)
         self.model, self.scheduler, self.config, self.training = model, scheduler, step, training
         self.budget = budget
@@ -136,7 +149,7 @@ class DPTrainer:
         # reproducibility is explicitly asked for; every rank of a torchrun group must draw the same
         # batches, so rank 0's sampling seed is broadcast. The diffusion draws enter an example's loss
         # before clipping and stay seeded, so the methods of one cell see the same draws.
-        secret = seed if reproducible else None
+        secret = seed if setup.reproducible else None
         sampling_seed, _ = secret_seed(secret, SAMPLING_STREAM)
         if distributed is not None:
             sampling_seed = distributed.broadcast_seed(sampling_seed)

@@ -1,9 +1,11 @@
-"""Evaluation: sampling, downstream classifiers, FID / precision / recall.
+"""Evaluation: sampling, downstream classifiers, FID / precision / recall — the metrics alone, knowing
+nothing of suites or runs (the runner's evaluation stage, dpbench/runner/evaluate.py, applies them to a run).
 
 Light module: it only declares registry entries (no torch import). The public functions live in
+``dpbench.evaluation.sampling`` (:func:`sample_images` with its :class:`SamplerSettings`),
 ``dpbench.evaluation.features`` (:func:`extract_features`), ``dpbench.evaluation.metrics``
 (:func:`frechet_distance`, :func:`precision_recall`, :func:`image_quality`) and
-``dpbench.evaluation.classifiers`` (:func:`train_and_evaluate`).
+``dpbench.evaluation.classifiers`` (:func:`train_and_evaluate` with its :class:`ClassifierTraining`).
 """
 
 from dpbench.registry import CLASSIFIERS, FID_BACKBONES

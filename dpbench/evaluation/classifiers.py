@@ -19,6 +19,7 @@ function of (data, seed, hyper-parameters) at a fixed thread count.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence, Union
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from dpbench.errors import UserError
 
-__all__ = ["SmallCNN", "WideResNet", "small_cnn", "wrn16_4", "train_and_evaluate"]
+__all__ = ["SmallCNN", "WideResNet", "small_cnn", "wrn16_4", "ClassifierTraining", "train_and_evaluate"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -197,82 +198,96 @@ def _per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -
     return [float(c / t) if t else float("nan") for c, t in zip(correct, total)]
 
 
-def train_and_evaluate(
-    classifier: str,
-    train_x,
-    train_y,
-    test_x,
-    test_y,
-    num_classes: int,
-    seeds: Sequence[int],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    device: Union[str, torch.device] = "cpu",
-    augment: bool = False,
-    progress: bool = False,
-) -> dict:
-    """Train ``classifier`` on (train_x, train_y) once per seed; test the final model once on the test split.
+@dataclass(frozen=True)
+class ClassifierTraining:
+    """How the downstream classifier is trained: the registered ``classifier``, one model per seed in
+    ``seeds``, ``epochs`` of Adam at ``lr`` in batches of ``batch_size``, random crops and flips if ``augment``."""
+
+    classifier: str
+    seeds: Sequence[int]
+    epochs: int
+    batch_size: int
+    lr: float
+    augment: bool = False
+
+
+def train_and_evaluate(training: ClassifierTraining, train_x, train_y, test_x, test_y, num_classes: int, *,
+                       device: Union[str, torch.device] = "cpu", progress: bool = False) -> dict:
+    """Train ``training.classifier`` on (train_x, train_y) once per seed; test the final model once on the test split.
 
     Images are float ``[N, C, H, W]`` in [-1, 1] (tensors or arrays), labels int ``[N]`` in
     ``[0, num_classes)``. Returns ``{"classifier", "accuracy"`` (mean over seeds, in [0, 1]),
     ``"accuracy_std"`` (population std over seeds; 0 for one seed), ``"accuracies"`` (per seed, in seed
     order), ``"per_class_accuracy"`` (test accuracy per class, mean over seeds), ``"seeds"}``. No model selection ever uses the test split (see the module docstring).
     """
-    from dpbench.registry import CLASSIFIERS
-
-    factory = CLASSIFIERS.get(classifier)
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("need at least one classifier seed")
-    if epochs <= 0 or batch_size <= 0 or lr <= 0:
-        raise ValueError(f"epochs, batch_size and lr must be positive, got {epochs}, {batch_size}, {lr}")
-    train_x, train_y = _as_tensors(train_x, train_y, "training")
-    test_x, test_y = _as_tensors(test_x, test_y, "test")
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise ValueError(f"train images {tuple(train_x.shape[1:])} and test images {tuple(test_x.shape[1:])} differ in shape")
-    for name, y in (("training", train_y), ("test", test_y)):
-        if int(y.min()) < 0 or int(y.max()) >= num_classes:
-            raise ValueError(f"{name} labels must be in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
-
-    device = torch.device(device)
-    train_x_dev, train_y_dev = train_x.to(device), train_y.to(device)
-    n = train_x.shape[0]
     from tqdm.auto import tqdm
 
+    from dpbench.registry import CLASSIFIERS
+
+    factory = CLASSIFIERS.get(training.classifier)
+    seeds = [int(s) for s in training.seeds]
+    train_x, train_y, test_x, test_y = _checked_inputs(training, seeds, (train_x, train_y), (test_x, test_y),
+                                                       num_classes)
+    device = torch.device(device)
+    train_x_dev, train_y_dev = train_x.to(device), train_y.to(device)
     accuracies, per_class = [], []
-    bar = tqdm(total=len(seeds) * epochs, desc="  classifier", unit="epoch", disable=not progress, leave=False,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(seeds) * training.epochs, desc="  classifier", unit="epoch", disable=not progress,
+               leave=False, dynamic_ncols=True)
     for seed in seeds:
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        model = _build(factory, train_x.shape[1], num_classes, g).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        for _ in range(epochs):
-            model.train()
-            order = torch.randperm(n, generator=g).to(device)
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                if idx.numel() < 2 and n >= 2:
-                    continue  # a batch of one breaks BatchNorm statistics
-                xb, yb = train_x_dev[idx], train_y_dev[idx]
-                if augment:
-                    xb = _augment(xb, g)
-                loss = F.cross_entropy(model(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            bar.update(1)
-        _recalibrate_batchnorm(model, train_x_dev, max(batch_size, 2))
-        pred = _predict(model, test_x, device, max(batch_size, 512))
+        model = _train_one(factory, training, (train_x_dev, train_y_dev), num_classes, seed, bar)
+        pred = _predict(model, test_x, device, max(training.batch_size, 512))
         accuracies.append(float((pred == test_y).double().mean()))
         per_class.append(_per_class_accuracy(pred, test_y, num_classes))
     bar.close()
 
     return {
-        "classifier": classifier,
+        "classifier": training.classifier,
         "accuracy": float(np.mean(accuracies)),
         "accuracy_std": float(np.std(accuracies)),  # population std (ddof=0): 0.0 for a single seed
         "accuracies": [float(a) for a in accuracies],
         "per_class_accuracy": [float(v) for v in np.mean(per_class, axis=0)],
         "seeds": seeds,
     }
+
+
+def _checked_inputs(training: ClassifierTraining, seeds: list[int], train: tuple, test: tuple, num_classes: int):
+    """(train_x, train_y, test_x, test_y) as tensors, after checking the settings, shapes and labels."""
+    if not seeds:
+        raise ValueError("need at least one classifier seed")
+    epochs, batch_size, lr = training.epochs, training.batch_size, training.lr
+    if epochs <= 0 or batch_size <= 0 or lr <= 0:
+        raise ValueError(f"epochs, batch_size and lr must be positive, got {epochs}, {batch_size}, {lr}")
+    train_x, train_y = _as_tensors(*train, "training")
+    test_x, test_y = _as_tensors(*test, "test")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise ValueError(f"train images {tuple(train_x.shape[1:])} and test images {tuple(test_x.shape[1:])} differ in shape")
+    for name, y in (("training", train_y), ("test", test_y)):
+        if int(y.min()) < 0 or int(y.max()) >= num_classes:
+            raise ValueError(f"{name} labels must be in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
+    return train_x, train_y, test_x, test_y
+
+
+def _train_one(factory, training: ClassifierTraining, train: tuple, num_classes: int, seed: int, bar) -> nn.Module:
+    """One classifier trained from ``seed`` for every epoch (its BatchNorm statistics recomputed after)."""
+    train_x, train_y = train
+    n, batch_size = train_x.shape[0], training.batch_size
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    model = _build(factory, train_x.shape[1], num_classes, g).to(train_x.device)
+    opt = torch.optim.Adam(model.parameters(), lr=training.lr)
+    for _ in range(training.epochs):
+        model.train()
+        order = torch.randperm(n, generator=g).to(train_x.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            if idx.numel() < 2 and n >= 2:
+                continue  # a batch of one breaks BatchNorm statistics
+            xb, yb = train_x[idx], train_y[idx]
+            if training.augment:
+                xb = _augment(xb, g)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        bar.update(1)
+    _recalibrate_batchnorm(model, train_x, max(batch_size, 2))
+    return model

@@ -6,6 +6,8 @@ the histogram is private data, and sampling from it would release it without noi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -20,13 +22,28 @@ def make_sampling_scheduler(kind: str, num_train_timesteps: int, beta_schedule: 
     return cls(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, clip_sample=True)
 
 
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How images are sampled: the sampling ``scheduler`` (``ddim`` or ``ddpm``) over ``steps`` steps,
+    classifier-free guidance of weight ``guidance_scale`` (0: none), ``batch_size`` images at a time,
+    and the training noise schedule the model was trained with."""
+
+    scheduler: str = "ddim"
+    steps: int = 50
+    guidance_scale: float = 0.0
+    batch_size: int = 250
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+
+
 @torch.no_grad()
-def sample_images(model, labels: torch.Tensor, *, scheduler: str = "ddim", steps: int = 50, guidance_scale: float = 0.0,
-                  batch_size: int = 250, seed: int = 0, device: str = "cpu", num_train_timesteps: int = 1000,
-                  beta_schedule: str = "linear", progress: bool = False) -> torch.Tensor:
+def sample_images(model, labels: torch.Tensor, settings: SamplerSettings = SamplerSettings(), *, seed: int = 0,
+                  device: str = "cpu", progress: bool = False) -> torch.Tensor:
     """Images in [-1, 1], one per label. Guidance: ε = (1 + w)·ε(x, y) − w·ε(x, ∅), ∅ = the null class."""
     from tqdm.auto import tqdm
 
+    s = settings
+    steps, guidance_scale = s.steps, s.guidance_scale
     model.eval()
     cfg = model.config
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else (cfg.in_channels, *cfg.sample_size)
@@ -34,10 +51,10 @@ def sample_images(model, labels: torch.Tensor, *, scheduler: str = "ddim", steps
     dtype = next(model.parameters()).dtype
     gen = torch.Generator(device).manual_seed(seed)
     out = []
-    batches = labels.split(batch_size)
+    batches = labels.split(s.batch_size)
     bar = tqdm(total=len(batches) * steps, desc="  sample", unit="step", disable=not progress, leave=False, dynamic_ncols=True)
     for y in batches:
-        sched = make_sampling_scheduler(scheduler, num_train_timesteps, beta_schedule)
+        sched = make_sampling_scheduler(s.scheduler, s.num_train_timesteps, s.beta_schedule)
         sched.set_timesteps(steps)
         y = y.to(device)
         x = torch.randn((len(y), *shape), generator=gen, device=device, dtype=dtype)

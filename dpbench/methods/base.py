@@ -42,9 +42,6 @@ class Method(ABC):
     def prepare(self, model: nn.Module) -> nn.Module:
         """Make this method's parameters trainable (injecting modules if needed); return the model."""
 
-    def describe(self) -> dict:
-        return {"method": self.name, "options": self.options.model_dump()}
-
 
 def set_trainable(params, flag: bool = True) -> None:
     for p in params:

@@ -104,8 +104,5 @@ class PeftMethod(Method):
         set_trainable(added)
         return model
 
-    def describe(self) -> dict:
-        return {"method": self.name, "options": {**self.options.model_dump(), **self.config_fields}}
-
 
 METHOD = PeftMethod

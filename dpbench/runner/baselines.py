@@ -36,7 +36,7 @@ def ensure_baselines(ctx: RunContext) -> Baselines:
     from dpbench.evaluation.classifiers import train_and_evaluate
     from dpbench.models.diffusion import reset_class_embedding
     from dpbench.provenance import provenance
-    from dpbench.runner.evaluate import sample_and_evaluate
+    from dpbench.runner.evaluate import classifier_training, sample_and_evaluate
 
     suite, e = ctx.suite, ctx.suite.evaluation
     log.info("dpbench: baselines: pretrained model before fine-tuning, and the classifier on real private data")
@@ -52,10 +52,8 @@ def ensure_baselines(ctx: RunContext) -> Baselines:
         pretrained_accuracy=metrics["downstream_accuracy"], pretrained_accuracies=metrics["downstream_accuracies"],
         samples_grid="baseline/samples.png", **provenance(ctx.device))
     if e.real_data_ceiling:
-        clf = train_and_evaluate(e.classifier, ctx.train[0], ctx.train[1], ctx.test[0], ctx.test[1], ctx.num_classes,
-                                 seeds=e.classifier_seeds, epochs=e.classifier_epochs,
-                                 batch_size=e.classifier_batch_size, lr=e.classifier_lr, device=str(ctx.device),
-                                 progress=ctx.progress)
+        clf = train_and_evaluate(classifier_training(e), ctx.train[0], ctx.train[1], ctx.test[0], ctx.test[1],
+                                 ctx.num_classes, device=str(ctx.device), progress=ctx.progress)
         record.real_data_accuracy, record.real_data_accuracy_std = clf["accuracy"], clf["accuracy_std"]
     write_model(ctx.results_dir / "baselines.json", record, inside=ctx.results_dir)
     ceiling = "n/a" if record.real_data_accuracy is None else f"{record.real_data_accuracy:.3f}"

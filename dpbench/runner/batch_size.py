@@ -118,12 +118,13 @@ def resolve_physical_batch(ctx: RunContext, planned: PlannedRun, method, schedul
     if planned.physical_batch != "auto" or ctx.device.type != "cuda":
         return planned.plan.step.physical_batch_size
     from dpbench.engine.measure import StepProbe
+    from dpbench.engine.setup import ModelRecipe
     from dpbench.models.pretrain import cache_root
 
     step = planned.plan.step
 
     def fits(batch: int) -> None:
-        StepProbe(ctx.pretrained.model, method, ctx.num_classes, scheduler, planned.training, ctx.device,
+        StepProbe(ModelRecipe(ctx.pretrained.model, method, ctx.num_classes, ctx.device, scheduler), planned.training,
                   batch=batch, private=step.private, image_shape=tuple(ctx.train[0].shape[1:]),
                   noise_multiplicity=step.noise_multiplicity, warmup=1, clipping=step.clipping).close()
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import io
 import logging
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -29,9 +30,14 @@ from dpbench.errors import EXIT_CHECK_FAILED
 from dpbench.results import (ClippingInfo, GpuPhase, RunResult, format_epsilon, run_dir, write_bytes_atomic,
                              write_model)
 from dpbench.runner.context import RunContext
-from dpbench.runner.plan import PlannedRun
+from dpbench.runner.plan import PlannedRun, reported_max_grad_norm
+
+if TYPE_CHECKING:
+    from dpbench.engine.setup import ModelRecipe
+    from dpbench.privacy.accounting import DPStep
 
 log = logging.getLogger("dpbench")
+CHECKPOINT = "checkpoint.pt"
 
 
 @contextmanager
@@ -48,18 +54,31 @@ def run_log(folder: Path):
         handler.close()
 
 
-def run_cell(ctx: RunContext, planned: PlannedRun) -> RunResult | None:
-    """The run's result (ok or failed); None on the ranks other than 0 of a torchrun group."""
+def run_cell(ctx: RunContext, planned: PlannedRun) -> Optional[RunResult]:
+    """The run's result (ok or failed); None on the ranks other than 0 of a torchrun group.
+
+    Its stages: :func:`train_run` (:func:`measure_run`, :func:`start_training`, :func:`train_to_end`), then
+    on rank 0 sampling and evaluation (dpbench/runner/evaluate.py), :func:`assemble_result` and
+    :func:`store_result`. A failure is recorded with the phase it happened in: ``train`` up to the trained
+    model, ``sample and evaluate`` after."""
+    from dpbench.runner.evaluate import sample_and_evaluate
+
     folder = run_dir(ctx.results_dir, planned.spec.run_id)
     with run_log(folder) if ctx.is_root else nullcontext():
-        phase = {"name": "train"}
+        phase = "train"
         try:
-            return _run(ctx, planned, folder, phase)
+            trained = train_run(ctx, planned, folder)
+            if trained is None:
+                return None
+            phase = "sample and evaluate"
+            evaluation = sample_and_evaluate(ctx, trained.model, planned.spec.seed, folder,
+                                             telemetry=trained.telemetry)
+            return store_result(ctx, folder, assemble_result(ctx, planned, trained, evaluation))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # the grid goes on; the failure is a result
             log.debug("traceback", exc_info=True)
-            result = record_failure(ctx, planned, f"{type(err).__name__}: {err}", phase["name"]) if ctx.is_root else None
+            result = record_failure(ctx, planned, f"{type(err).__name__}: {err}", phase) if ctx.is_root else None
             if ctx.distributed is not None:  # the other ranks would wait for this one forever
                 log.error("torchrun: rank %d stops the group after a failed run", ctx.distributed.rank)
                 raise SystemExit(EXIT_CHECK_FAILED) from err
@@ -81,7 +100,7 @@ def _base_result(ctx: RunContext, planned: PlannedRun, **fields) -> RunResult:
     spec, step, budget = planned.spec, planned.plan.step, planned.plan.budget
     rule = step.clipping
     clipping = ClippingInfo(
-        mode=rule.mode, max_grad_norm=None if rule.mode in ("auto", "none") else rule.max_grad_norm,
+        mode=rule.mode, max_grad_norm=reported_max_grad_norm(rule),
         target_quantile=rule.target_quantile, gradient_noise_multiplier=step.noise_multiplier if step.private else None,
         count_noise_multiplier=(2 * rule.count_noise_std if rule.count_noise_std else None))
     base = dict(
@@ -114,7 +133,7 @@ def _curves(stats, clipper, private: bool) -> dict[str, list[float]]:
     return curves
 
 
-def _memory(ctx: RunContext, planned: PlannedRun, method, scheduler, batch: int) -> tuple[dict, int]:
+def _memory(ctx: RunContext, planned: PlannedRun, recipe: "ModelRecipe", batch: int) -> tuple[dict, int]:
     """(memory, the physical batch it was measured at): the step at ``batch``, halved while it runs out of
     memory. One probe per (method, physical batch, private, K): the ε of a DP run does not change its
     memory, so every ε of a method shares one measurement instead of differing by the measurement's noise."""
@@ -127,49 +146,94 @@ def _memory(ctx: RunContext, planned: PlannedRun, method, scheduler, batch: int)
         key = (planned.spec.method_key, b, step.private, step.noise_multiplicity)
         if key not in ctx.memory_probes:
             ctx.memory_probes[key] = measure_step_memory(
-                ctx.pretrained.model, method, ctx.num_classes, scheduler, planned.training, ctx.device,
-                batch=b, private=step.private, image_shape=tuple(ctx.train[0].shape[1:]),
+                recipe, planned.training, batch=b, private=step.private, image_shape=tuple(ctx.train[0].shape[1:]),
                 noise_multiplicity=step.noise_multiplicity, clipping=step.clipping)
         return ctx.memory_probes[key]
 
     return halving_on_out_of_memory(measure, batch, planned.training.min_physical_batch_size)
 
 
-def _run(ctx: RunContext, planned: PlannedRun, folder: Path, phase: dict) -> RunResult:
-    from dpbench.engine.diagnostics import private_count_diagnostics, public_clipping_diagnostics
-    from dpbench.engine.telemetry import GpuTelemetry
-    from dpbench.engine.trainer import DPTrainer, prepare_model
-    from dpbench.models.diffusion import count_parameters, make_noise_scheduler
-    from dpbench.registry import METHODS
-    from dpbench.runner.batch_size import resolve_physical_batch
-    from dpbench.runner.evaluate import sample_and_evaluate
+@dataclass(frozen=True)
+class Measured:
+    """What the run trains with before it starts: its step at the physical batch it starts with, and the
+    step's memory (measured on rank 0 alone; None on the other ranks)."""
 
-    suite, spec, plan = ctx.suite, planned.spec, planned.plan
-    step = plan.step
+    step: "DPStep"
+    memory: Optional[dict]
+
+
+@dataclass
+class Started:
+    """A prepared model and its trainer, resumed from the run's checkpoint where there is one."""
+
+    model: torch.nn.Module
+    trainer: object  # a dpbench.engine.trainer.DPTrainer
+    trainable_params: int
+    total_params: int
+    diagnostics: object  # public clipping diagnostics, or None
+
+
+@dataclass
+class Trained:
+    """Everything the result needs from training: the released (EMA) model and what was measured."""
+
+    model: torch.nn.Module
+    measured: Measured
+    stats: object  # dpbench.engine.trainer.TrainStats
+    telemetry: object  # dpbench.engine.telemetry.GpuTelemetry: the train phase, then sample and evaluate
+    trainable_params: int
+    total_params: int
+    physical_batch_size: int  # the one training ended at (halved where a chunk ran out of memory)
+    diagnostics: object
+    curves: dict
+    final_max_grad_norm: float
+
+
+def train_run(ctx: RunContext, planned: PlannedRun, folder: Path) -> Optional[Trained]:
+    """Measure, prepare and train; on rank 0 the trained run, on the other ranks None."""
+    spec, plan = planned.spec, planned.plan
     log.info("── %s: %s at ε=%s (σ=%.4g, q=%.4g, T=%d, clipping %s)", spec.run_id, spec.method,
-             format_epsilon(spec.epsilon), plan.budget.noise_multiplier, step.sample_rate, step.steps, step.clipping.mode)
-    method = METHODS.get(spec.method)(planned.method.options)
-    scheduler = make_noise_scheduler(suite.model.num_train_timesteps, suite.model.beta_schedule)
-    physical = resolve_physical_batch(ctx, planned, method, scheduler)
+             format_epsilon(spec.epsilon), plan.budget.noise_multiplier, plan.step.sample_rate, plan.step.steps,
+             plan.step.clipping.mode)
+    from dpbench.runner.setup import run_recipe
+
+    recipe = run_recipe(ctx, planned)
+    measured = measure_run(ctx, planned, recipe)
+    started = start_training(ctx, planned, recipe, measured.step, folder)
+    return train_to_end(ctx, planned, started, measured, folder)
+
+
+def measure_run(ctx: RunContext, planned: PlannedRun, recipe: "ModelRecipe") -> Measured:
+    """The physical batch the run starts with (probed for ``auto``) and, on rank 0, the step's memory there."""
+    from dpbench.runner.batch_size import resolve_physical_batch
+
+    physical = resolve_physical_batch(ctx, planned, recipe.method, recipe.scheduler)
     memory = None  # rank 0 alone measures it (and records it)
     if ctx.is_root:
-        memory, physical = _memory(ctx, planned, method, scheduler, physical)
-    step = replace(step, physical_batch_size=physical)
-    torch.manual_seed(spec.seed)
-    model = prepare_model(ctx.pretrained.model, method, ctx.num_classes, ctx.device)
+        memory, physical = _memory(ctx, planned, recipe, physical)
+    return Measured(replace(planned.plan.step, physical_batch_size=physical), memory)
+
+
+def start_training(ctx: RunContext, planned: PlannedRun, recipe: "ModelRecipe", step: "DPStep",
+                   folder: Path) -> Started:
+    """The model prepared under the run's seed, its trainer, the public clipping diagnostics, and the
+    checkpoint's state where one of these settings exists."""
+    from dpbench.engine.diagnostics import public_clipping_diagnostics
+    from dpbench.models.diffusion import count_parameters
+    from dpbench.runner.setup import run_trainer_setup
+
+    model = recipe.prepare(seed=planned.spec.seed)
     trainable, total = count_parameters(model)
-    trainer = DPTrainer(model, scheduler, ctx.train[0], ctx.train[1], step, planned.training, spec.seed, ctx.device,
-                        budget=plan.budget, reproducible=suite.privacy.reproducible,
-                        distributed=ctx.distributed)
+    trainer = recipe.trainer(model, ctx.train[0], ctx.train[1], run_trainer_setup(ctx, planned, step),
+                             distributed=ctx.distributed)
     diagnostics = None
     if ctx.is_root and step.private and step.clipping.mode != "quantile":
-        public = ctx.public_batch(min(64, physical))  # one chunk: what fits a physical batch fits these
+        public = ctx.public_batch(min(64, step.physical_batch_size))  # one chunk: what fits a physical batch fits these
         if public is not None:
             diagnostics = public_clipping_diagnostics(trainer, *public)
             if diagnostics.warning:
-                log.warning("   %s: %s", spec.run_id, diagnostics.warning)
-
-    checkpoint = folder / "checkpoint.pt"
+                log.warning("   %s: %s", planned.spec.run_id, diagnostics.warning)
+    checkpoint = folder / CHECKPOINT
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state.get("config_hash") == planned.config_hash:
@@ -179,11 +243,21 @@ def _run(ctx: RunContext, planned: PlannedRun, folder: Path, phase: dict) -> Run
             log.info("   checkpoint is from other settings: starting over")
     if ctx.distributed is not None:  # every rank starts from rank 0's weights, whatever each loaded
         ctx.distributed.broadcast_(trainer.params)
+    return Started(model, trainer, trainable, total, diagnostics)
 
-    def save_checkpoint(tr: DPTrainer) -> None:
+
+def train_to_end(ctx: RunContext, planned: PlannedRun, started: Started, measured: Measured,
+                 folder: Path) -> Optional[Trained]:
+    """Train to the last step, checkpointing on rank 0; check ε spent; save the trainable weights."""
+    from dpbench.engine.diagnostics import private_count_diagnostics
+    from dpbench.engine.telemetry import GpuTelemetry
+
+    trainer, step, spec = started.trainer, measured.step, planned.spec
+
+    def save_checkpoint(tr) -> None:
         buffer = io.BytesIO()
         torch.save({"config_hash": planned.config_hash, "trainer": tr.state_dict()}, buffer)
-        write_bytes_atomic(checkpoint, buffer.getvalue(), inside=ctx.results_dir)
+        write_bytes_atomic(folder / CHECKPOINT, buffer.getvalue(), inside=ctx.results_dir)
 
     telemetry = GpuTelemetry(ctx.device)
     with telemetry.phase("train"):
@@ -195,18 +269,22 @@ def _run(ctx: RunContext, planned: PlannedRun, folder: Path, phase: dict) -> Run
     eps_spent = stats.epsilon_spent
     if eps_spent is not None and eps_spent > spec.epsilon * (1 + 1e-9):
         raise RuntimeError(f"{spec.run_id}: ε spent {eps_spent} exceeds the target {spec.epsilon}")
-    if step.clipping.mode == "quantile":
-        diagnostics = private_count_diagnostics(trainer)
+    diagnostics = private_count_diagnostics(trainer) if step.clipping.mode == "quantile" else started.diagnostics
     final_c = trainer.clipper.max_grad_norm
     trainer.finish()
-    _save_trainable(model, folder / "trainable.safetensors", ctx.results_dir)
+    _save_trainable(started.model, folder / "trainable.safetensors", ctx.results_dir)
+    return Trained(started.model, measured, stats, telemetry, started.trainable_params, started.total_params,
+                   trainer.physical_batch_size, diagnostics, _curves(stats, trainer.clipper, step.private), final_c)
 
-    phase["name"] = "sample and evaluate"
-    evaluation = sample_and_evaluate(ctx, model, spec.seed, folder, telemetry=telemetry)
+
+def assemble_result(ctx: RunContext, planned: PlannedRun, trained: Trained, evaluation: dict) -> RunResult:
+    """The finished run's result: its plan, what training measured and the evaluation's metrics."""
+    step, stats, memory, telemetry = trained.measured.step, trained.stats, trained.measured.memory, trained.telemetry
     warmup = planned.training.warmup_steps
     result = _base_result(
-        ctx, planned, epsilon_spent=eps_spent, trainable_params=trainable, total_params=total,
-        physical_batch_size=trainer.physical_batch_size, clipping_diagnostics=diagnostics,
+        ctx, planned, epsilon_spent=stats.epsilon_spent, trainable_params=trained.trainable_params,
+        total_params=trained.total_params, physical_batch_size=trained.physical_batch_size,
+        clipping_diagnostics=trained.diagnostics,
         peak_memory_bytes=memory["peak_memory_bytes"], total_peak_memory_bytes=memory["total_peak_memory_bytes"],
         memory_kind=memory["memory_kind"], memory_breakdown=memory["memory_breakdown"],
         nvml_peak_memory_bytes=memory["nvml_peak_memory_bytes"],
@@ -214,15 +292,20 @@ def _run(ctx: RunContext, planned: PlannedRun, folder: Path, phase: dict) -> Run
         step_time_s=stats.step_time(warmup), train_seconds=stats.train_seconds,
         # a private run's training loss is a statistic of private data outside the mechanism: never kept
         final_loss=_tail_mean(stats.losses) if not step.private else None,
-        curves=_curves(stats, trainer.clipper, step.private),
+        curves=trained.curves,
         energy_joules=telemetry.energy_joules, nvml_process_memory_bytes=telemetry.peak_process_memory_bytes,
         gpu_phases={name: GpuPhase(**vars(reading)) for name, reading in telemetry.readings.items()},
         **evaluation)
     if step.clipping.mode == "quantile":
-        result.clipping.final_max_grad_norm = final_c
-    write_model(folder / "result.json", result, inside=ctx.results_dir)  # last: its presence means "finished"
-    checkpoint.unlink(missing_ok=True)
-    acc = result.downstream_accuracy
+        result.clipping.final_max_grad_norm = trained.final_max_grad_norm
+    return result
+
+
+def store_result(ctx: RunContext, folder: Path, result: RunResult) -> RunResult:
+    """Write ``result.json`` — last: its presence means "finished" — and drop the private checkpoint."""
+    write_model(folder / "result.json", result, inside=ctx.results_dir)
+    (folder / CHECKPOINT).unlink(missing_ok=True)
+    acc, eps_spent = result.downstream_accuracy, result.epsilon_spent
     log.info("   accuracy %s, FID %.2f, ε spent %s, %.1fs train + %.1fs sample + %.1fs eval",
              "n/a" if acc is None else f"{acc:.3f}", result.fid or float("nan"),
              "—" if eps_spent is None else f"{eps_spent:.3f}", result.train_seconds, result.sample_seconds,

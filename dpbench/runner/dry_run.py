@@ -108,7 +108,7 @@ class _Costs:
     """Per-unit costs measured once per dry run: a forward of the sampler, a classifier step, FID features."""
 
     def __init__(self, model, suite, num_classes: int, device: torch.device):
-        from dpbench.evaluation.classifiers import train_and_evaluate
+        from dpbench.evaluation.classifiers import ClassifierTraining, train_and_evaluate
         from dpbench.evaluation.features import extract_features
 
         ref, s, e = suite.data.private, suite.sampling, suite.evaluation
@@ -126,10 +126,10 @@ class _Costs:
         n = min(PROBE_IMAGES, max(e.classifier_batch_size, 16))
         images = torch.rand(n, *shape, generator=gen) * 2 - 1
         targets = torch.arange(n) % num_classes
-        one_epoch = _timed(lambda: train_and_evaluate(e.classifier, images, targets, images[:16], targets[:16],
-                                                      num_classes, seeds=[0], epochs=1,
-                                                      batch_size=e.classifier_batch_size, lr=e.classifier_lr,
-                                                      device=str(device)), repeats=1)
+        one_epoch = _timed(lambda: train_and_evaluate(
+            ClassifierTraining(e.classifier, seeds=[0], epochs=1, batch_size=e.classifier_batch_size,
+                               lr=e.classifier_lr),
+            images, targets, images[:16], targets[:16], num_classes, device=str(device)), repeats=1)
         self.classifier_per_image_epoch = one_epoch / n
         self.features_per_image = _timed(lambda: extract_features(e.fid_backbone, images, device=str(device)),
                                          repeats=1) / n
@@ -144,9 +144,8 @@ class _Costs:
 
 def dry_run(settings: RunnerSettings, only: list[str]) -> DryRun:
     from dpbench.data.base import dataset_num_classes, dataset_train_size
-    from dpbench.engine.trainer import prepare_model
+    from dpbench.engine.setup import ModelRecipe
     from dpbench.models.diffusion import build_unet
-    from dpbench.registry import METHODS
     from dpbench.runner.devices import resolve_device
     from dpbench.runner.plan import apply_filters, plan_runs
     from dpbench.runner.requirements import missing_requirements
@@ -176,8 +175,8 @@ def dry_run(settings: RunnerSettings, only: list[str]) -> DryRun:
     for p in planned:
         step = p.plan.step
         if p.spec.method_key not in prepared:
-            prepared[p.spec.method_key] = prepare_model(model, METHODS.get(p.spec.method)(p.method.options),
-                                                        num_classes, device)
+            prepared[p.spec.method_key] = ModelRecipe.of(model, p.spec.method, p.method.options, num_classes,
+                                                         device).prepare()
         physical = step.physical_batch_size
         if p.physical_batch == "auto" and device.type == "cuda":
             physical = step.expected_batch_size  # the probe a run makes would start here
@@ -205,10 +204,10 @@ def _bare(p, exact: bool) -> RunEstimate:
 def _estimate_time(result: DryRun, planned, suite, settings, model, num_classes: int, num_examples: int, device) -> None:
     from dpbench.data.base import dataset_num_classes
     from dpbench.engine.measure import StepProbe
+    from dpbench.engine.setup import ModelRecipe
     from dpbench.models.diffusion import make_noise_scheduler
     from dpbench.models.pretrain import cache_root, pretrain_spec
     from dpbench.config.suite import stable_hash
-    from dpbench.registry import METHODS
 
     ref = suite.data.private
     shape = (ref.channels, ref.image_size, ref.image_size)
@@ -220,8 +219,8 @@ def _estimate_time(result: DryRun, planned, suite, settings, model, num_classes:
         if key not in per_example:
             step = p.plan.step
             batch = min(PROBE_BATCH, step.physical_batch_size)
-            probe = StepProbe(model, METHODS.get(p.spec.method)(p.method.options), num_classes, scheduler, p.training,
-                              device, batch=batch, private=private, image_shape=shape,
+            recipe = ModelRecipe.of(model, p.spec.method, p.method.options, num_classes, device, scheduler=scheduler)
+            probe = StepProbe(recipe, p.training, batch=batch, private=private, image_shape=shape,
                               noise_multiplicity=step.noise_multiplicity, warmup=1, clipping=step.clipping)
             try:
                 per_example[key] = _timed(probe.time_step, repeats=2) / batch
@@ -255,8 +254,8 @@ def _estimate_time(result: DryRun, planned, suite, settings, model, num_classes:
     else:
         pt = suite.pretrain
         probe_batch = min(PROBE_BATCH, pt.batch_size)
-        probe = StepProbe(model, METHODS.get("full")(), num_classes, scheduler,
-                          planned[0].training.model_copy(update={"ema_decay": None}), device, batch=probe_batch,
+        probe = StepProbe(ModelRecipe.of(model, "full", None, num_classes, device, scheduler=scheduler),
+                          planned[0].training.model_copy(update={"ema_decay": None}), batch=probe_batch,
                           private=False, image_shape=shape, warmup=1)
         try:
             result.pretrain_s = _timed(probe.time_step, repeats=2) / probe_batch * pt.batch_size * pt.steps

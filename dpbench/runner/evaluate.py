@@ -1,9 +1,15 @@
-"""Sampling and evaluation of one model, timed apart from training (and from each other).
+"""The runner's evaluation stage: sampling and evaluation of one model, timed apart from training (and
+from each other).
 
 Shared by every run and by the suite's baselines, so the pretrained model and the fine-tuned ones are
 measured the same way: balanced labels (never the private class histogram), a sample grid with real
 test images beside the samples, a classifier trained on the samples and tested once on the real test
 split, and FID / precision / recall against the real reference split.
+
+It lives in the runner, not in dpbench/evaluation/, because it is where a suite meets the metrics: it
+reads the suite's sampling and evaluation settings, the run's context (test split, cached FID
+reference features, device) and writes the sample grid into the run's folder. dpbench/evaluation/ holds
+the metrics themselves, which know nothing of suites or runs.
 """
 
 from __future__ import annotations
@@ -11,9 +17,33 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from dpbench.runner.context import RunContext
+
+if TYPE_CHECKING:
+    from dpbench.config.suite import EvaluationSettings, Suite
+    from dpbench.evaluation.classifiers import ClassifierTraining
+    from dpbench.evaluation.sampling import SamplerSettings
+
+
+def sampler_settings(suite: "Suite") -> "SamplerSettings":
+    """The suite's sampling settings, with the noise schedule its model was trained with."""
+    from dpbench.evaluation.sampling import SamplerSettings
+
+    s, m = suite.sampling, suite.model
+    return SamplerSettings(scheduler=s.scheduler, steps=s.steps, guidance_scale=s.guidance_scale,
+                           batch_size=s.batch_size, num_train_timesteps=m.num_train_timesteps,
+                           beta_schedule=m.beta_schedule)
+
+
+def classifier_training(evaluation: "EvaluationSettings") -> "ClassifierTraining":
+    """How the suite trains its downstream classifier (on samples, and on the real data for the ceiling)."""
+    from dpbench.evaluation.classifiers import ClassifierTraining
+
+    e = evaluation
+    return ClassifierTraining(e.classifier, seeds=e.classifier_seeds, epochs=e.classifier_epochs,
+                              batch_size=e.classifier_batch_size, lr=e.classifier_lr)
 
 
 def sample_and_evaluate(ctx: RunContext, model, seed: int, folder: Optional[Path], telemetry=None) -> dict:
@@ -25,13 +55,11 @@ def sample_and_evaluate(ctx: RunContext, model, seed: int, folder: Optional[Path
     from dpbench.evaluation.sampling import balanced_labels, sample_images, save_grid
 
     phase = telemetry.phase if telemetry is not None else lambda name: nullcontext()
-    s, e, m = ctx.suite.sampling, ctx.suite.evaluation, ctx.suite.model
+    s, e = ctx.suite.sampling, ctx.suite.evaluation
     start = time.perf_counter()
     labels = balanced_labels(s.num_samples, ctx.num_classes)
     with phase("sample"):
-        images = sample_images(model, labels, scheduler=s.scheduler, steps=s.steps, guidance_scale=s.guidance_scale,
-                               batch_size=s.batch_size, seed=seed, device=str(ctx.device),
-                               num_train_timesteps=m.num_train_timesteps, beta_schedule=m.beta_schedule,
+        images = sample_images(model, labels, sampler_settings(ctx.suite), seed=seed, device=str(ctx.device),
                                progress=ctx.progress)
     out = {"sample_seconds": time.perf_counter() - start}
     if folder is not None:
@@ -39,10 +67,8 @@ def sample_and_evaluate(ctx: RunContext, model, seed: int, folder: Optional[Path
         out["samples_grid"] = "samples.png"
     start = time.perf_counter()
     with phase("evaluate"):
-        clf = train_and_evaluate(e.classifier, images, labels, ctx.test[0], ctx.test[1], ctx.num_classes,
-                                 seeds=e.classifier_seeds, epochs=e.classifier_epochs,
-                                 batch_size=e.classifier_batch_size, lr=e.classifier_lr, device=str(ctx.device),
-                                 progress=ctx.progress)
+        clf = train_and_evaluate(classifier_training(e), images, labels, ctx.test[0], ctx.test[1],
+                                 ctx.num_classes, device=str(ctx.device), progress=ctx.progress)
         fake = extract_features(e.fid_backbone, images, device=str(ctx.device))
         real = ctx.reference_features()
         precision, recall = precision_recall(real, fake, k=e.precision_recall_k)

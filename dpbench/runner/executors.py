@@ -2,9 +2,9 @@
 
 An executor first prepares what every run needs (the pretrained model and the suite's baselines, both
 cached), then gets the pending runs and the invocation's :class:`RunContext`, performs every run (each
-writes its own result file) and returns the results. A run is fully described by its run id and the
-context's picklable :class:`RunnerSettings`, so a distributed executor ships only those
-(dpbench/runner/ray_executor.py).
+writes its own result file) and returns the results. A run is fully described by its
+:class:`PlannedRun` and the context's :class:`RunnerSettings`, both picklable, so a distributed
+executor ships only those (dpbench/runner/ray_executor.py).
 """
 
 from __future__ import annotations

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 from dpbench.config.suite import (ClippingSpec, MethodSpec, QuantileClipping, RunSpec, Suite, TrainingSettings,
                                   expand_runs, run_config_hash)
 from dpbench.errors import UserError
 from dpbench.privacy.accounting import ClippingRule, PrivacyPlan, Schedule, make_plan
 from dpbench.results import format_epsilon, parse_epsilon
+
+if TYPE_CHECKING:
+    from dpbench.runner.context import RunContext
 
 
 def clipping_rule(spec: ClippingSpec):
@@ -20,6 +23,12 @@ def clipping_rule(spec: ClippingSpec):
         return ClippingRule(mode="quantile", max_grad_norm=spec.initial, target_quantile=spec.quantile,
                             quantile_lr=spec.learning_rate, count_noise_std=spec.count_noise)
     return ClippingRule(mode="fixed", max_grad_norm=float(spec))
+
+
+def reported_max_grad_norm(rule: ClippingRule):
+    """C as results and tables report it: None for automatic clipping and for no clipping, where no fixed
+    C bounds the gradients (automatic clipping normalises them; its sensitivity is 1, not C)."""
+    return None if rule.mode in ("auto", "none") else rule.max_grad_norm
 
 
 # What `physical_batch_size: auto` is where nothing is probed (on CPU, and in `dpbench validate`); on a
@@ -47,7 +56,7 @@ class PlannedRun:
             "delta": budget.delta, "noise_multiplier": budget.noise_multiplier,
             "gradient_noise_multiplier": step.noise_multiplier, "sample_rate": step.sample_rate,
             "steps": step.steps, "clipping": rule.mode,
-            "max_grad_norm": None if rule.mode in ("none", "auto") else rule.max_grad_norm,
+            "max_grad_norm": reported_max_grad_norm(rule),
             "noise_multiplicity": step.noise_multiplicity, "expected_batch_size": step.expected_batch_size,
             "physical_batch_size": self.physical_batch, "accountant": budget.accountant,
             "num_examples": step.num_examples,
@@ -154,6 +163,29 @@ def plan_runs(suite: Suite, data_root: str | None = None, num_examples: int | No
     if problems:
         raise UserError(problems)
     return out
+
+
+def planned_grid(ctx: "RunContext", only: list[str]) -> list[PlannedRun]:
+    """The suite's runs selected by ``--only``, planned for the private data the context loaded."""
+    planned = plan_runs(ctx.suite, ctx.settings.data_root, num_examples=len(ctx.train[0]))
+    return apply_filters(planned, list(only), spec=lambda p: p.spec)
+
+
+def split_finished(ctx: "RunContext", planned: list[PlannedRun]) -> tuple[list, list, list]:
+    """(finished with the same config, changed since they finished, pending: never run or failed)."""
+    from dpbench.results import load_results
+
+    existing = {r.run_id: r for r in load_results(ctx.results_dir)} if (ctx.results_dir / "runs").is_dir() else {}
+    done, changed, pending = [], [], []
+    for p in planned:
+        result = existing.get(p.spec.run_id)
+        if result is None or result.status == "failed":
+            pending.append(p)
+        elif result.config_hash == p.config_hash:
+            done.append(p)
+        else:
+            changed.append(p)
+    return done, changed, pending
 
 
 def is_private(run: PlannedRun) -> bool:

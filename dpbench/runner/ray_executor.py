@@ -3,8 +3,9 @@
 This process (the driver) plans the grid and refuses stale results as `executor: local` does; then one
 task pretrains the suite's model and computes its baselines (both cached), and one task per pending
 cell runs it with ``gpus_per_run`` GPUs (0: on CPU) and ``cpus_per_run`` CPUs. A task receives only
-picklable values — the :class:`RunnerSettings` with absolute paths, the run id, the config hash the
-driver planned, and the plug-ins registered here with ``Registry.add`` — and rebuilds its own
+picklable values — the :class:`RunnerSettings` with absolute paths, the :class:`PlannedRun` the driver
+planned (the task does not plan the grid again; it only checks that the suite still has the run with
+the same config hash), and the plug-ins registered here with ``Registry.add`` — and rebuilds its own
 :class:`RunContext`. The suite file, the data, the cache and the results directory must therefore be
 the same paths on every node (one machine, or a shared filesystem).
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from dpbench.errors import UserError
 from dpbench.runner.context import RunContext, RunnerSettings
 from dpbench.runner.executors import Executor
+from dpbench.runner.plan import PlannedRun
 
 log = logging.getLogger("dpbench")
 
@@ -46,17 +48,25 @@ def prepare_task(settings: RunnerSettings, working_dir: str, plugins: dict) -> N
     ensure_baselines(RunContext.build(settings))
 
 
-def run_task(settings: RunnerSettings, run_id: str, config_hash: str, working_dir: str, plugins: dict):
-    """One cell, from nothing but picklable values; returns its RunResult."""
+def run_task(settings: RunnerSettings, planned: PlannedRun, working_dir: str, plugins: dict):
+    """One cell, from nothing but picklable values (the driver's plan of the run included); returns its RunResult."""
     from dpbench.runner.cell import run_cell
-    from dpbench.runner.suite_runner import planned_grid
 
     _set_up_worker(working_dir, plugins)
     ctx = RunContext.build(settings)
-    planned = next((p for p in planned_grid(ctx, []) if p.spec.run_id == run_id), None)
-    if planned is None or planned.config_hash != config_hash:
-        raise UserError(f"{settings.suite_path}: the suite changed while the grid was running ({run_id}) — run it again")
+    if not _still_planned(ctx, planned):
+        raise UserError(f"{settings.suite_path}: the suite changed while the grid was running ({planned.spec.run_id}) "
+                        "— run it again")
     return run_cell(ctx, planned)
+
+
+def _still_planned(ctx: RunContext, planned: PlannedRun) -> bool:
+    """Whether the suite as this worker reads it still has the run, with the settings the driver planned."""
+    from dpbench.config.suite import expand_runs, run_config_hash
+
+    if planned.spec.run_id not in {spec.run_id for spec in expand_runs(ctx.suite)}:
+        return False
+    return run_config_hash(ctx.suite, planned.spec, len(ctx.train[0])) == planned.config_hash
 
 
 def _cause(err: BaseException) -> BaseException:
@@ -141,7 +151,7 @@ class RayExecutor(Executor):
 
         ray = self._ray()
         task, settings, plugins = self._task(ray, run_task), self._worker_settings(ctx), added_objects()
-        refs = {task.remote(settings, p.spec.run_id, p.config_hash, os.getcwd(), plugins): p for p in runs}
+        refs = {task.remote(settings, p, os.getcwd(), plugins): p for p in runs}
         remaining, results, progress = list(refs), [], GridProgress(len(runs))
         try:
             while remaining:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from dpbench.config.overrides import effective_suite_yaml
 from dpbench.errors import UserError
-from dpbench.results import RunResult, load_results, rebuild_csv, run_dir, write_bytes_atomic
+from dpbench.results import RunResult, rebuild_csv, run_dir, write_bytes_atomic
 from dpbench.runner.context import RunContext, RunnerSettings
-from dpbench.runner.plan import PlannedRun, apply_filters, plan_runs
+from dpbench.runner.plan import planned_grid, split_finished
 
 log = logging.getLogger("dpbench")
 
@@ -33,26 +33,6 @@ class GridOutcome:
     seconds: float
     failed: list[RunResult] = field(default_factory=list)
     csv: Path | None = None
-
-
-def planned_grid(ctx: RunContext, only: list[str]) -> list[PlannedRun]:
-    planned = plan_runs(ctx.suite, ctx.settings.data_root, num_examples=len(ctx.train[0]))
-    return apply_filters(planned, list(only), spec=lambda p: p.spec)
-
-
-def split_finished(ctx: RunContext, planned: list[PlannedRun]) -> tuple[list, list, list]:
-    """(finished with the same config, changed since they finished, pending: never run or failed)."""
-    existing = {r.run_id: r for r in load_results(ctx.results_dir)} if (ctx.results_dir / "runs").is_dir() else {}
-    done, changed, pending = [], [], []
-    for p in planned:
-        result = existing.get(p.spec.run_id)
-        if result is None or result.status == "failed":
-            pending.append(p)
-        elif result.config_hash == p.config_hash:
-            done.append(p)
-        else:
-            changed.append(p)
-    return done, changed, pending
 
 
 def run_suite(settings: RunnerSettings, only: list[str] = (), rerun_changed: bool = False) -> GridOutcome:

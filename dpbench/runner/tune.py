@@ -193,8 +193,7 @@ def _run_candidates(ctx: RunContext, n: int) -> dict:
     """Every candidate run of the proxy suite, by method key: finished ones with the same settings reused,
     the others run now."""
     from dpbench.runner.cell import run_cell
-    from dpbench.runner.plan import plan_runs
-    from dpbench.runner.suite_runner import split_finished
+    from dpbench.runner.plan import plan_runs, split_finished
 
     planned_runs = plan_runs(ctx.suite, ctx.settings.data_root, num_examples=n)
     done, changed, _ = split_finished(ctx, planned_runs)
