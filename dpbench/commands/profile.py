@@ -84,7 +84,7 @@ def measure_pair(target: ProfileTarget, label: str, method_name: str, options: d
             probe.close()
     return [ProfileEntry(method=method_name, method_label=label, mode=mode, physical_batch_size=batch,
                          preset=target.preset, image_size=target.image_shape[-1],
-                         grad_sample_mode=training.grad_sample_mode, trainable_params=trainable, total_params=total,
+                         grad_sample_mode=settings.training.grad_sample_mode, trainable_params=trainable, total_params=total,
                          energy_per_step_joules=e, **{k: v for k, v in m.items() if k != "reserved_memory_bytes"}, **t)
             for mode, m, t, e in zip(modes, memory, timing, energy)]
 
