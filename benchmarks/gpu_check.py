@@ -11,7 +11,7 @@ Parts, in order, each recorded with its seconds and whether it passed:
 3. ``profile``: ddpm32 (32×32×3) for every method at ``physical_batch_size: auto`` — the largest DP batch
    that fits (powers of two from 8 up to ``--max-batch``, then bisection), DP and non-private measured
    at that batch in one process: step-time, total-memory and NVML energy-per-step ratios;
-4. ``cifar10_cell``: 20 DP steps of one cifar10 cell (suites/cifar10.yaml: its training settings, K and
+4. ``cifar10_run``: 20 DP steps of one cifar10 run (suites/cifar10.yaml: its training settings, K and
    physical batch, the method ``--cell-method``) on random images of CIFAR-10's shape — its cost only
    (step time, peak memory, NVML energy): no pretraining, no data, nothing to evaluate.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("selfcheck", "pytest_gpu", "profile", "cifar10_cell")
+PARTS = ("selfcheck", "pytest_gpu", "profile", "cifar10_run")
 METHODS = ("full", "loda", "lora", "bias", "attention")
 TAIL = 4000  # characters of a command's output kept in the file
 
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", action="append", choices=PARTS, help="run only these parts (repeatable)")
     parser.add_argument("--max-batch", type=int, default=512, help="profile: largest batch tried (default 512)")
     parser.add_argument("--methods", default=",".join(METHODS), help="profile: comma-separated (default: all)")
-    parser.add_argument("--cell-method", default="loda", choices=METHODS, help="cifar10_cell: the method")
+    parser.add_argument("--cell-method", default="loda", choices=METHODS, help="cifar10_run: the method")
     args = parser.parse_args(argv)
     args.methods = args.methods.split(",")
     unknown = sorted(set(args.methods) - set(METHODS))
@@ -156,7 +156,7 @@ def profile_part(args: argparse.Namespace, seconds_left: float, workdir: Path) -
             "methods": methods, "passed": all("step_time_ratio" in m for m in methods.values())}
 
 
-def cifar10_cell_part(args: argparse.Namespace, seconds_left: float, workdir: Path) -> dict:
+def cifar10_run_part(args: argparse.Namespace, seconds_left: float, workdir: Path) -> dict:
     import torch
 
     from dpbench.config.suite import load_suite
@@ -197,7 +197,7 @@ def cifar10_cell_part(args: argparse.Namespace, seconds_left: float, workdir: Pa
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace, float, Path], dict]] = {
-    "selfcheck": selfcheck_part, "pytest_gpu": pytest_part, "profile": profile_part, "cifar10_cell": cifar10_cell_part}
+    "selfcheck": selfcheck_part, "pytest_gpu": pytest_part, "profile": profile_part, "cifar10_run": cifar10_run_part}
 
 
 def run_parts(args: argparse.Namespace, workdir: Path, clock: Callable[[], float] = time.perf_counter) -> dict:

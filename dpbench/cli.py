@@ -1,7 +1,7 @@
 """The `dpbench` command line.
 
 Exit codes: 0 ok; 1 a check failed (regress found a regression, selfcheck or audit a failure, a grid
-finished with failed cells); 2 bad input (one line per problem, naming the field and the fix, no
+finished with failed runs); 2 bad input (one line per problem, naming the field and the fix, no
 traceback); 3 internal error (a bug: the traceback is printed); 130 interrupted (finished runs are kept).
 """
 
@@ -32,7 +32,7 @@ SUITE_HELP = "a suite YAML file, or the name of a built-in suite (`dpbench ls su
 
 def _add_smoke(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true",
-                   help="every cell end to end with 2 steps and minimal sampling and evaluation, to check the suite; "
+                   help="every run end to end with 2 steps and minimal sampling and evaluation, to check the suite; "
                    "results go to <results dir>/<suite>-smoke/, are marked smoke and measure nothing")
 
 
@@ -87,7 +87,7 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--rerun-changed", action="store_true",
                    help="re-run finished runs whose settings changed since (default: refuse, exit 2)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the runs (σ, q, T per cell) and estimated time and memory per run; run nothing")
+                   help="print the runs (σ, q, T per run) and estimated time and memory per run; run nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan and estimates as JSON")
     _add_smoke(p)
     _add_set(p)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Iterable, Union
 
 EXIT_OK = 0
-EXIT_CHECK_FAILED = 1  # regress found a regression, selfcheck/audit a failed check, a grid a failed cell
+EXIT_CHECK_FAILED = 1  # regress found a regression, selfcheck/audit a failed check, a grid a failed run
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
 EXIT_INTERRUPTED = 130

@@ -61,5 +61,5 @@ def test_no_import_runs_back_up():
 def test_the_check_sees_a_violation(tmp_path):
     """The import scan is not vacuous: a function-level upward import is found."""
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    from dpbench.runner.cell import run_cell\n")
+    module.write_text("def f():\n    from dpbench.runner.single_run import run_one\n")
     assert _dpbench_imports(module) == {"runner"}

@@ -30,7 +30,7 @@ def test_dry_run_on_cpu_writes_one_json_with_every_part(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     check = json.loads(out.read_text())
     assert check["kind"] == "dpbench-gpu-check" and check["dry_run"] and check["passed"]
-    assert set(check["parts"]) == {"selfcheck", "pytest_gpu", "profile", "cifar10_cell"}
+    assert set(check["parts"]) == {"selfcheck", "pytest_gpu", "profile", "cifar10_run"}
     selfcheck = check["parts"]["selfcheck"]
     assert selfcheck["report"]["passed"] and 0 < selfcheck["bf16_clip_max_ratio"] <= 1 + 1e-6
     counts = check["parts"]["pytest_gpu"]["counts"]  # without CUDA every gpu test is collected and skipped
@@ -44,7 +44,7 @@ def test_dry_run_on_cpu_writes_one_json_with_every_part(tmp_path):
             dp["total_peak_memory_bytes"] / nonprivate["total_peak_memory_bytes"])
         assert entry["energy_ratio"] is None  # no NVML on CPU: no number, not a made-up one
         assert dp["physical_batch_size"] == entry["physical_batch_size"] == 4
-    cell = check["parts"]["cifar10_cell"]
+    cell = check["parts"]["cifar10_run"]
     assert cell["suite"] == "cifar10" and cell["method"] == "loda" and cell["noise_multiplicity"] == 4
     assert cell["steps"] == 3 and cell["median_step_time_s"] > 0 and cell["total_peak_memory_bytes"] > 0
     assert check["versions"]["torch"] == importlib.metadata.version("torch")

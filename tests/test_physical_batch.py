@@ -142,7 +142,7 @@ def test_auto_and_per_method_physical_batch_sizes_plan(tmp_path):
     raw["methods"][1]["physical_batch_size"] = 16
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(raw))
-    runs = {(r.spec.method_key, r.spec.epsilon): r for r in plan_runs(load_suite(path), num_examples=1437)}
+    runs = {(r.spec.method_label, r.spec.epsilon): r for r in plan_runs(load_suite(path), num_examples=1437)}
     full, bias = runs[("full", 2.0)], runs[("bias", 2.0)]
     assert full.physical_batch == "auto" and full.plan.step.physical_batch_size == AUTO_PHYSICAL_BATCH_DEFAULT == 64
     assert bias.physical_batch == 16 and bias.plan.step.physical_batch_size == 16
@@ -151,7 +151,7 @@ def test_auto_and_per_method_physical_batch_sizes_plan(tmp_path):
 
     raw["methods"][1].pop("physical_batch_size")
     path.write_text(yaml.safe_dump(raw))
-    unset = {(r.spec.method_key, r.spec.epsilon): r for r in plan_runs(load_suite(path), num_examples=1437)}
+    unset = {(r.spec.method_label, r.spec.epsilon): r for r in plan_runs(load_suite(path), num_examples=1437)}
     assert unset[("full", 2.0)].config_hash == full.config_hash, "adding the setting did not touch other hashes"
     assert unset[("bias", 2.0)].config_hash != bias.config_hash
 

@@ -1,5 +1,5 @@
 """`executor: ray` on a local Ray cluster (``ray.init(num_cpus=2)``, runs on CPU): the same results as
-`executor: local`, a worker killed mid-run is retried and resumes, a failing cell does not stop the others."""
+`executor: local`, a worker killed mid-run is retried and resumes, a failing run does not stop the others."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def test_smoke_settings_of_a_built_in_suite():
     assert suite.sampling.steps == 2 and suite.evaluation.classifier_seeds == [0]
     assert suite.privacy.expected_batch_size <= 64
     # every cell is still there: the same methods, ε and seeds
-    assert [m.key for m in suite.methods] == [m.key for m in original.methods]
+    assert [m.method_label for m in suite.methods] == [m.method_label for m in original.methods]
     assert suite.privacy.epsilons == original.privacy.epsilons and suite.seeds == original.seeds
 
 

@@ -191,7 +191,7 @@ def audit_run(ctx, planned, *, canaries: int = DEFAULT_CANARIES, fault: Optional
     c, claimed = outcome.canaries, outcome.family.claimed
     passed = outcome.passed(spec.epsilon)
     result = AuditResult(
-        run_id=spec.run_id, suite=suite.name, method=spec.method, method_label=spec.method_key, epsilon=spec.epsilon,
+        run_id=spec.run_id, suite=suite.name, method=spec.method, method_label=spec.method_label, epsilon=spec.epsilon,
         delta=plan.budget.delta, fault=fault, canaries=c.m, threat_models=threat_model_results(outcome.family),
         epsilon_lower_bound=outcome.eps_low, confidence=outcome.family.confidence,
         mu_lower_bound=outcome.family.mu_low, fdp_refutes_claim=outcome.family.refutes_claim if claimed else None,

@@ -160,7 +160,7 @@ def _suite_plan(args) -> _Plan:
     pretrained = load_pretrained(suite, data_root=args.data_root, cache_dir=args.cache_dir, device=str(device),
                                  progress=args.progress).model
     targets = [ProfileTarget(pretrained, suite.model.preset, (ref.channels, ref.image_size, ref.image_size), num_classes)]
-    methods = [(m.key, m.name, m.options) for m in suite.methods]
+    methods = [(m.method_label, m.name, m.options) for m in suite.methods]
     if args.methods:
         wanted = set(args.methods.split(","))
         methods = [m for m in methods if m[0] in wanted or m[1] in wanted]

@@ -1,4 +1,4 @@
-"""The grid of a suite: one :class:`RunSpec` per (seed, ε, method) cell, in the order runs execute
+"""The grid of a suite: one :class:`RunSpec` per run (a method at one ε and seed), in the order runs execute
 (:func:`expand_runs`)."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from dpbench.results import format_epsilon
 
 
 class RunSpec(BaseModel):
-    """One cell of the grid: a method at one ε and seed. Everything else comes from the suite."""
+    """One run of the grid: a method at one ε and seed. Everything else comes from the suite."""
 
     model_config = ConfigDict(frozen=True)
     run_id: str
     suite: str
     method: str
-    method_key: str
+    method_label: str
     method_index: int
     dataset: str
     public_dataset: Optional[str]
@@ -33,10 +33,10 @@ def expand_runs(suite: Suite) -> list[RunSpec]:
             for index, method in enumerate(suite.methods):
                 runs.append(
                     RunSpec(
-                        run_id=f"{method.key}-eps{format_epsilon(float(eps))}-seed{seed}",
+                        run_id=f"{method.method_label}-eps{format_epsilon(float(eps))}-seed{seed}",
                         suite=suite.name,
                         method=method.name,
-                        method_key=method.key,
+                        method_label=method.method_label,
                         method_index=index,
                         dataset=suite.data.private.name,
                         public_dataset=suite.data.public.name if suite.data.public else None,

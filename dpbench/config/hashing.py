@@ -42,7 +42,7 @@ def run_config_hash(suite: Suite, spec: RunSpec, num_examples: int) -> str:
 
     dump = suite.model_dump(mode="json")
     privacy = {k: v for k, v in dump["privacy"].items() if k != "epsilons"}
-    method = hashed_settings("method", suite.method(spec.method_key).model_dump(mode="json"))
+    method = hashed_settings("method", suite.method(spec.method_label).model_dump(mode="json"))
     material = {
         "dpbench": dpbench.__version__,
         "data": {"private": suite.data.private.identity(), "public": suite.data.public.identity() if suite.data.public else None,

@@ -2,8 +2,8 @@
 
 A suite is strict: unknown keys, wrong types and impossible values are errors (worded for people by
 :mod:`dpbench.config.messages`). Everything shared by the methods of a suite — data, model, pretraining,
-privacy budget, training, sampling and evaluation settings — lives here once, so that every method of a
-(ε, seed) cell runs under exactly the same settings. :class:`TrainingSettings` is also the engine's
+privacy budget, training, sampling and evaluation settings — lives here once, so that every method at one
+(ε, seed) runs under exactly the same settings. :class:`TrainingSettings` is also the engine's
 settings type.
 """
 
@@ -170,7 +170,9 @@ class MethodSpec(Strict):
     _clip = field_validator("max_grad_norm")(classmethod(lambda cls, v: _check_clipping(v)))
 
     @property
-    def key(self) -> str:
+    def method_label(self) -> str:
+        """The entry's name in run ids, results (``RunResult.method_label``), ``--only label=`` and reports:
+        ``label`` when given, else the method's name."""
         # a plug-in named by its import target (module:Class) gets a name that can be a path component
         return self.label or self.name.replace(":", ".")
 
@@ -271,7 +273,7 @@ class Suite(Strict):
     @model_validator(mode="after")
     def _cross_checks(self):
         problems = []
-        keys = [m.key for m in self.methods]
+        keys = [m.method_label for m in self.methods]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
             problems.append(f"method {dupes[0]!r} appears twice — give each entry a distinct label")
@@ -311,5 +313,5 @@ class Suite(Strict):
         env = os.environ.get("DPBENCH_DATA")
         return os.path.abspath(os.path.expanduser(env)) if env else None
 
-    def method(self, key: str) -> MethodSpec:
-        return next(m for m in self.methods if m.key == key)
+    def method(self, method_label: str) -> MethodSpec:
+        return next(m for m in self.methods if m.method_label == method_label)

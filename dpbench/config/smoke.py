@@ -1,4 +1,4 @@
-"""``--smoke``: every cell of a suite (each method × ε × seed) end to end at the smallest settings that still
+"""``--smoke``: every run of a suite (each method × ε × seed) end to end at the smallest settings that still
 exercise every phase — pretraining, 2 DP steps, sampling, the classifier and FID — to check a suite before
 spending hours on it. Its numbers measure nothing.
 

@@ -7,7 +7,7 @@ module of its role:
   the engine's settings type);
 * :mod:`~dpbench.config.loading` — find, read and validate a suite file (:func:`load_suite`);
 * :mod:`~dpbench.config.messages` — validation errors in the suite's words, with did-you-mean;
-* :mod:`~dpbench.config.grid` — one :class:`RunSpec` per (seed, ε, method) cell (:func:`expand_runs`);
+* :mod:`~dpbench.config.grid` — one :class:`RunSpec` per run (seed, ε, method) (:func:`expand_runs`);
 * :mod:`~dpbench.config.hashing` — the config hashes that decide when a finished run is stale.
 
 A suite is strict: unknown keys, wrong types and impossible values are errors that name the file, the

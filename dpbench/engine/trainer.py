@@ -148,7 +148,7 @@ class DPTrainer:
         # The mechanism's randomness — who is sampled, and the noise — is secret (OS entropy) unless
         # reproducibility is explicitly asked for; every rank of a torchrun group must draw the same
         # batches, so rank 0's sampling seed is broadcast. The diffusion draws enter an example's loss
-        # before clipping and stay seeded, so the methods of one cell see the same draws.
+        # before clipping and stay seeded, so the methods of one (ε, seed) see the same draws.
         secret = seed if setup.reproducible else None
         sampling_seed, _ = secret_seed(secret, SAMPLING_STREAM)
         if distributed is not None:

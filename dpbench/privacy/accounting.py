@@ -1,8 +1,8 @@
-"""A cell's privacy plan: the DP step's configuration and the budget it is accounted against.
+"""A run's privacy plan: the DP step's configuration and the budget it is accounted against.
 
-For a cell (ε, δ) of a suite, the sampling rate q = expected_batch_size / N and the number of logical
+For a budget (ε, δ) of a suite, the sampling rate q = expected_batch_size / N and the number of logical
 steps T depend only on the suite and the private dataset; σ is calibrated once from (ε, δ, q, T) with
-the suite's accountant, so every method in the cell runs with the same σ. After training, ε is
+the suite's accountant, so every method at that budget runs with the same σ. After training, ε is
 recomputed from the accountant's recorded history.
 
 Two objects, because they have different users: :class:`DPStep` is what one step of the DP loop needs
@@ -59,7 +59,7 @@ class ClippingRule:
 
 @dataclass(frozen=True)
 class DPStep:
-    """Everything one step of the DP loop needs; identical for every method of a cell."""
+    """Everything one step of the DP loop needs; identical for every method at one ε."""
 
     private: bool
     noise_multiplier: float  # σ_g: the noise on the clipped gradient sum is N(0, (σ_g · sensitivity)²)
@@ -203,7 +203,7 @@ def gradient_noise_multiplier(total: float, count_noise_std: float) -> float:
 
 def make_plan(*, epsilon: float, delta: float, accountant: str, num_examples: int, schedule: Schedule,
               clipping: ClippingRule, noise_multiplicity: int, physical_batch_size: int) -> PrivacyPlan:
-    """The cell's plan: q and T from ``schedule`` over ``num_examples``, σ calibrated for (ε, δ, q, T)."""
+    """A run's plan: q and T from ``schedule`` over ``num_examples``, σ calibrated for (ε, δ, q, T)."""
     expected_batch_size = schedule.expected_batch_size
     if expected_batch_size > num_examples:
         raise UserError(

@@ -21,7 +21,7 @@ them as not a DP release.
 
 The diffusion draws (timestep, noise, label dropout) stay seeded: they enter an example's loss before
 its gradient is clipped, so they cannot change the sensitivity, and seeding them makes methods of
-one (ε, seed) cell see the same draws (docs/threat-model.md).
+one (ε, seed) see the same draws (docs/threat-model.md).
 """
 
 from __future__ import annotations

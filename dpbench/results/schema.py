@@ -62,7 +62,7 @@ class GpuPhase(Record):
 
 
 class RunResult(Provenance):
-    """One finished (or failed) cell of a suite: a method at one ε and seed (``runs/<run_id>/result.json``)."""
+    """One finished (or failed) run of a suite: a method at one ε and seed (``runs/<run_id>/result.json``)."""
 
     schema_version: int = Field(SCHEMA_VERSION, description="2; version-1 files are converted on load")
     status: Literal["ok", "failed"] = Field("ok", description="failed: see error and phase; metrics may be null")
@@ -87,7 +87,7 @@ class RunResult(Provenance):
     delta: float
     epsilon_spent: Optional[float] = Field(None, description="ε recomputed from the accountant's history (≤ ε); null if ε=∞")
     accountant: Optional[str] = Field(None, description="prv or rdp; null if ε=∞")
-    noise_multiplier: float = Field(description="σ of the cell's budget, shared by every method (0 if ε=∞)")
+    noise_multiplier: float = Field(description="σ of the run's budget, shared by every method (0 if ε=∞)")
     noise_source: Literal["os_entropy", "seeded", "none"] = Field(
         "none", description="os_entropy: DP noise seeded from os.urandom, never written; seeded: reproducible "
                             "from the seed — NOT a DP release; none: ε=∞")
@@ -249,7 +249,7 @@ class SummaryMethod(Record):
 
 
 class ResultsSummary(Provenance):
-    """A suite's results in a few numbers per cell (``docs/data/<name>-summary.json``): what the README's
+    """A suite's results in a few numbers per (method, ε) table cell (``docs/data/<name>-summary.json``): what the README's
     results tables are generated from (``dpbench docs``), written by ``dpbench docs --from-results``."""
 
     schema_version: int = SCHEMA_VERSION
@@ -325,7 +325,7 @@ class AuditResult(Provenance):
     population: Optional[int] = Field(None, description="N + m_in: the Poisson-sampled population of the audited run")
     sample_rate: Optional[float] = Field(None, description="q = B / (N + m_in) of the audited run (σ and T are the suite's)")
     suite_sample_rate: Optional[float] = Field(None, description="q = B / N of the suite's run")
-    noise_multiplier: Optional[float] = Field(None, description="σ of the suite's cell, kept for the audit")
+    noise_multiplier: Optional[float] = Field(None, description="σ of the audited run's budget, kept for the audit")
     steps: Optional[int] = Field(None, description="T, the suite's")
     epsilon_audited_mechanism: Optional[float] = Field(
         None, description="the accountant's ε for the audited run's (σ, q, T): ≤ epsilon, since the canaries lower q")

@@ -1,4 +1,4 @@
-"""What a suite invocation does, given a loaded suite: plan the grid (σ, q, T per run), run each cell
+"""What a suite invocation does, given a loaded suite: plan the grid (σ, q, T per run), execute each run
 (train → sample → evaluate → store) through an executor, and the runner's other uses of the same plan —
 the dry run's estimates, the tuning sweep on a proxy task, the automatic physical batch. Printing and
 argument parsing are the command layer's (dpbench/commands/); summaries and reports are reporting's."""

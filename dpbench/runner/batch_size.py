@@ -131,7 +131,7 @@ def resolve_physical_batch(ctx: RunContext, planned: PlannedRun, method, schedul
     def search() -> int:
         found = find_max_batch(fits, start=1, limit=step.expected_batch_size)
         if found is None:
-            raise torch.cuda.OutOfMemoryError(f"{planned.spec.method_key}: one example per physical batch does not "
+            raise torch.cuda.OutOfMemoryError(f"{planned.spec.method_label}: one example per physical batch does not "
                                               f"fit on {ctx.device}")
         log.info("   physical_batch_size auto: %d fits on %s (cached)", found, torch.cuda.get_device_name(ctx.device))
         return found

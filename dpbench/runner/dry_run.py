@@ -174,13 +174,13 @@ def dry_run(settings: RunnerSettings, only: list[str]) -> DryRun:
     estimates, prepared = [], {}
     for p in planned:
         step = p.plan.step
-        if p.spec.method_key not in prepared:
-            prepared[p.spec.method_key] = ModelRecipe.of(model, p.spec.method, p.method.options, num_classes,
+        if p.spec.method_label not in prepared:
+            prepared[p.spec.method_label] = ModelRecipe.of(model, p.spec.method, p.method.options, num_classes,
                                                          device).prepare()
         physical = step.physical_batch_size
         if p.physical_batch == "auto" and device.type == "cuda":
             physical = step.expected_batch_size  # the probe a run makes would start here
-        memory = analytic_memory_bytes(prepared[p.spec.method_key], p.training, step.private, physical,
+        memory = analytic_memory_bytes(prepared[p.spec.method_label], p.training, step.private, physical,
                                        step.noise_multiplicity)
         estimates.append(RunEstimate(_row(p, exact), physical, memory))
     result = DryRun(str(device), num_examples, exact, estimates, not problems, notes)
@@ -215,7 +215,7 @@ def _estimate_time(result: DryRun, planned, suite, settings, model, num_classes:
     per_example: dict = {}
 
     def seconds_per_example(p, private: bool) -> float:
-        key = (p.spec.method_key, private)
+        key = (p.spec.method_label, private)
         if key not in per_example:
             step = p.plan.step
             batch = min(PROBE_BATCH, step.physical_batch_size)
@@ -237,7 +237,7 @@ def _estimate_time(result: DryRun, planned, suite, settings, model, num_classes:
         per = seconds_per_example(p, step.private)
         logical = per * math.ceil(step.expected_batch_size / estimate.physical_batch) * estimate.physical_batch
         estimate.train_s = logical * step.steps
-        key = (p.spec.method_key, step.private)
+        key = (p.spec.method_label, step.private)
         if key not in memory_checked:  # each run measures memory once per method and kind (a warm-up + 3 steps)
             memory_checked.add(key)
             estimate.train_s += 4 * per * estimate.physical_batch

@@ -40,13 +40,13 @@ class LocalExecutor(Executor):
     """One run after another in this process, sharing the loaded data, model and probes."""
 
     def execute(self, runs, ctx):
-        from dpbench.runner.cell import run_cell
+        from dpbench.runner.single_run import run_one
         from dpbench.runner.progress import GridProgress
 
         progress = GridProgress(len(runs))
         results = []
         for planned in runs:
-            result = run_cell(ctx, planned)
+            result = run_one(ctx, planned)
             if result is not None:  # None: a torchrun rank other than 0 took part in the training
                 results.append(result)
                 progress.finished(planned.spec.run_id, result.status)

@@ -52,7 +52,7 @@ class PlannedRun:
         rule = step.clipping
         return {
             "run_id": self.spec.run_id, "dataset": self.spec.dataset, "method": self.spec.method,
-            "label": self.spec.method_key, "epsilon": format_epsilon(budget.epsilon), "seed": self.spec.seed,
+            "label": self.spec.method_label, "epsilon": format_epsilon(budget.epsilon), "seed": self.spec.seed,
             "delta": budget.delta, "noise_multiplier": budget.noise_multiplier,
             "gradient_noise_multiplier": step.noise_multiplier, "sample_rate": step.sample_rate,
             "steps": step.steps, "clipping": rule.mode,
@@ -73,9 +73,9 @@ def apply_filters(runs: list, only: list[str], spec=lambda r: r) -> list:
         if not sep or key not in {"method", "label", "epsilon", "seed"}:
             raise UserError(f"--only {item!r}: use key=value with key one of method, label, epsilon, seed")
         if key == "method":
-            runs = [r for r in runs if value in (spec(r).method, spec(r).method_key)]
+            runs = [r for r in runs if value in (spec(r).method, spec(r).method_label)]
         elif key == "label":
-            runs = [r for r in runs if spec(r).method_key == value]
+            runs = [r for r in runs if spec(r).method_label == value]
         elif key == "seed":
             runs = [r for r in runs if str(spec(r).seed) == value]
         else:

@@ -1,8 +1,8 @@
-"""``executor: {name: ray}``: every pending cell of the grid as one Ray task, on a local Ray instance or a cluster.
+"""``executor: {name: ray}``: every pending run of the grid as one Ray task, on a local Ray instance or a cluster.
 
 This process (the driver) plans the grid and refuses stale results as `executor: local` does; then one
 task pretrains the suite's model and computes its baselines (both cached), and one task per pending
-cell runs it with ``gpus_per_run`` GPUs (0: on CPU) and ``cpus_per_run`` CPUs. A task receives only
+run executes it with ``gpus_per_run`` GPUs (0: on CPU) and ``cpus_per_run`` CPUs. A task receives only
 picklable values — the :class:`RunnerSettings` with absolute paths, the :class:`PlannedRun` the driver
 planned (the task does not plan the grid again; it only checks that the suite still has the run with
 the same config hash), and the plug-ins registered here with ``Registry.add`` — and rebuilds its own
@@ -36,7 +36,7 @@ def _set_up_worker(working_dir: str, plugins: dict) -> None:
 
     if Path(working_dir).is_dir():  # relative paths inside the suite mean what they mean to the driver
         os.chdir(working_dir)
-    logging.getLogger("dpbench").setLevel(logging.INFO)  # what run_cell logs goes to the run's run.log
+    logging.getLogger("dpbench").setLevel(logging.INFO)  # what run_one logs goes to the run's run.log
     add_objects(plugins)
 
 
@@ -49,15 +49,15 @@ def prepare_task(settings: RunnerSettings, working_dir: str, plugins: dict) -> N
 
 
 def run_task(settings: RunnerSettings, planned: PlannedRun, working_dir: str, plugins: dict):
-    """One cell, from nothing but picklable values (the driver's plan of the run included); returns its RunResult."""
-    from dpbench.runner.cell import run_cell
+    """One run, from nothing but picklable values (the driver's plan of the run included); returns its RunResult."""
+    from dpbench.runner.single_run import run_one
 
     _set_up_worker(working_dir, plugins)
     ctx = RunContext.build(settings)
     if not _still_planned(ctx, planned):
         raise UserError(f"{settings.suite_path}: the suite changed while the grid was running ({planned.spec.run_id}) "
                         "— run it again")
-    return run_cell(ctx, planned)
+    return run_one(ctx, planned)
 
 
 def _still_planned(ctx: RunContext, planned: PlannedRun) -> bool:
@@ -146,7 +146,7 @@ class RayExecutor(Executor):
 
     def _execute(self, runs, ctx):
         from dpbench.registry import added_objects
-        from dpbench.runner.cell import record_failure
+        from dpbench.runner.single_run import record_failure
         from dpbench.runner.progress import GridProgress
 
         ray = self._ray()

@@ -1,6 +1,6 @@
 """What a planned run of a suite trains: its model recipe and its trainer's settings, from one place.
 
-A run (dpbench/runner/cell.py), the audit of that run (dpbench/audit/run.py) and the probes that size and
+A run (dpbench/runner/single_run.py), the audit of that run (dpbench/audit/run.py) and the probes that size and
 measure it (dpbench/runner/batch_size.py, dpbench/engine/measure.py) must all prepare the same model the
 same way: the suite's pretrained model, the run's method and options, the suite's noise scheduler, the
 run's seed. Written here once, on top of the engine's :class:`~dpbench.engine.setup.ModelRecipe`.

@@ -1,10 +1,10 @@
-"""`dpbench run SUITE`: plan the grid, refuse stale results, pretrain and baseline, run the pending cells.
+"""`dpbench run SUITE`: plan the grid, refuse stale results, pretrain and baseline, run the pending runs.
 
 A finished run is skipped only when its ``config_hash`` matches the suite as it is now. A finished run
 whose settings changed is never skipped silently: the command stops (exit 2) naming the changed runs
 and the ways forward — a new results directory, or ``--rerun-changed``. Failed runs are retried.
 
-Under ``torchrun --nproc-per-node N`` every process runs this: each cell is trained by all N together
+Under ``torchrun --nproc-per-node N`` every process runs this: each run is trained by all N together
 (dpbench/engine/distributed.py); rank 0 alone pretrains, computes the baselines, samples, evaluates and
 writes files, while the others wait for it at the next collective.
 """

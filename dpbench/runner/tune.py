@@ -92,7 +92,7 @@ def candidates(method: MethodSpec, suite: Suite, lrs: list[float] | None,
 
 def _label(method: MethodSpec, lr: float, clipping) -> str:
     clip = "" if not isinstance(clipping, (int, float)) else f"-C{clipping:.3g}"
-    return check_name(f"{method.key}-lr{lr:.3g}{clip}", "tune candidate")
+    return check_name(f"{method.method_label}-lr{lr:.3g}{clip}", "tune candidate")
 
 
 def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon: str | None = None,
@@ -111,7 +111,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     num_classes = dataset_num_classes(suite.data.private, private_root)
     public_root = suite.data_root(public, settings.data_root)
     splits = proxy_split(*load_dataset(public, public_root, "train", download=suite.data.download), num_classes, n)
-    proxies = {m.key: [MethodSpec(name=m.name, label=_label(m, lr, c), options=m.options, lr=lr, max_grad_norm=c)
+    proxies = {m.method_label: [MethodSpec(name=m.name, label=_label(m, lr, c), options=m.options, lr=lr, max_grad_norm=c)
                        for lr, c in candidates(m, suite, lrs, lr_factors)] for m in chosen}
     proxy_suite = _proxy_suite(suite, [p for group in proxies.values() for p in group], eps, seeds)
     device = resolve_device(settings.device or suite.device)
@@ -144,7 +144,7 @@ def _tune_target(settings: RunnerSettings, methods: list[str] | None, epsilon: s
     if not finite:
         raise UserError(f"{settings.suite_path}: privacy.epsilons has no finite ε to tune at")
     eps = parse_epsilon(epsilon) if epsilon is not None else max(finite)
-    chosen = [m for m in suite.methods if not methods or m.key in methods or m.name in methods]
+    chosen = [m for m in suite.methods if not methods or m.method_label in methods or m.name in methods]
     if not chosen:
         raise UserError(f"--methods {','.join(methods)}: matches no method of the suite")
     return eps, chosen
@@ -192,7 +192,7 @@ def _pretrained_proxy_fid(ctx: RunContext) -> Optional[float]:
 def _run_candidates(ctx: RunContext, n: int) -> dict:
     """Every candidate run of the proxy suite, by method key: finished ones with the same settings reused,
     the others run now."""
-    from dpbench.runner.cell import run_cell
+    from dpbench.runner.single_run import run_one
     from dpbench.runner.plan import plan_runs, split_finished
 
     planned_runs = plan_runs(ctx.suite, ctx.settings.data_root, num_examples=n)
@@ -205,8 +205,8 @@ def _run_candidates(ctx: RunContext, n: int) -> dict:
         (run_dir(ctx.results_dir, p.spec.run_id) / "result.json").unlink(missing_ok=True)
     results = {}
     for planned in planned_runs:
-        result = finished[planned.spec.run_id] if planned.spec.run_id in reused else run_cell(ctx, planned)
-        results.setdefault(planned.spec.method_key, []).append(result)
+        result = finished[planned.spec.run_id] if planned.spec.run_id in reused else run_one(ctx, planned)
+        results.setdefault(planned.spec.method_label, []).append(result)
     return results
 
 
@@ -217,15 +217,15 @@ def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], result
     rows = []
     for method in chosen:
         group, scores = [], []
-        for p in proxies[method.key]:
-            runs = [r for r in results.get(p.key, []) if r.status == "ok" and r.downstream_accuracy is not None]
+        for p in proxies[method.method_label]:
+            runs = [r for r in results.get(p.method_label, []) if r.status == "ok" and r.downstream_accuracy is not None]
             accuracies, fids = [r.downstream_accuracy for r in runs], [r.fid for r in runs if r.fid is not None]
             scores.append(CandidateScores(lr=p.lr, accuracies=accuracies, fids=fids,
-                                          failed_seeds=len(results.get(p.key, [])) - len(runs)))
-            group.append(TuneCandidate(method_label=method.key, method=method.name, lr=p.lr,
+                                          failed_seeds=len(results.get(p.method_label, [])) - len(runs)))
+            group.append(TuneCandidate(method_label=method.method_label, method=method.name, lr=p.lr,
                                        clipping=str(p.max_grad_norm if not hasattr(p.max_grad_norm, "quantile")
                                                     else f"quantile {p.max_grad_norm.quantile}"),
-                                       run_ids=[r.run_id for r in results.get(p.key, [])],
+                                       run_ids=[r.run_id for r in results.get(p.method_label, [])],
                                        proxy_accuracy=scores[-1].mean_accuracy,
                                        proxy_fid=sum(fids) / len(fids) if fids else None,
                                        proxy_accuracies=accuracies, proxy_fids=fids))
@@ -234,7 +234,7 @@ def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], result
             row.rejected = reason
         if chosen_index is None:
             log.warning("dpbench tune: %s: every candidate was rejected (%s); the tuned suite keeps its lr",
-                        method.key, "; ".join(sorted(set(reasons))))
+                        method.method_label, "; ".join(sorted(set(reasons))))
         else:
             group[chosen_index].selected = True
         rows += group

@@ -1,4 +1,4 @@
-"""One cell of a suite: train → sample → evaluate → store, with resume and failure recording.
+"""One run of a suite: train → sample → evaluate → store, with resume and failure recording.
 
 Resumability: a finished run is a ``result.json`` (written atomically, last). A run in progress
 checkpoints its complete training state (weights, optimiser, EMA, RNG streams including the DP noise
@@ -8,7 +8,7 @@ with the same random streams, so its accountant history is exactly that of the s
 released model and privacy is never under-counted. The checkpoint is keyed by the run's config hash
 and deleted when the run finishes (it holds the noise generator's state: private, like the weights).
 
-A cell that fails (out of memory at the smallest physical batch, a library error) is recorded as
+A run that fails (out of memory at the smallest physical batch, a library error) is recorded as
 ``status: failed`` with its error and phase, and the grid goes on; an interrupt (Ctrl-C) stops
 everything. Under torchrun (``ctx.distributed``) every rank trains; rank 0 alone measures memory,
 samples, evaluates and writes files, and a failure stops the whole group (the other ranks would wait
@@ -54,7 +54,7 @@ def run_log(folder: Path):
         handler.close()
 
 
-def run_cell(ctx: RunContext, planned: PlannedRun) -> Optional[RunResult]:
+def run_one(ctx: RunContext, planned: PlannedRun) -> Optional[RunResult]:
     """The run's result (ok or failed); None on the ranks other than 0 of a torchrun group.
 
     Its stages: :func:`train_run` (:func:`measure_run`, :func:`start_training`, :func:`train_to_end`), then
@@ -104,7 +104,7 @@ def _base_result(ctx: RunContext, planned: PlannedRun, **fields) -> RunResult:
         target_quantile=rule.target_quantile, gradient_noise_multiplier=step.noise_multiplier if step.private else None,
         count_noise_multiplier=(2 * rule.count_noise_std if rule.count_noise_std else None))
     base = dict(
-        run_id=spec.run_id, suite=ctx.suite.name, method=spec.method, method_label=spec.method_key,
+        run_id=spec.run_id, suite=ctx.suite.name, method=spec.method, method_label=spec.method_label,
         method_index=spec.method_index, method_options=planned.method.options, seed=spec.seed,
         config_hash=planned.config_hash, dataset=spec.dataset,
         dataset_label=ctx.suite.data.label or spec.dataset, public_dataset=spec.public_dataset,
@@ -143,7 +143,7 @@ def _memory(ctx: RunContext, planned: PlannedRun, recipe: "ModelRecipe", batch: 
     step = planned.plan.step
 
     def measure(b: int) -> dict:
-        key = (planned.spec.method_key, b, step.private, step.noise_multiplicity)
+        key = (planned.spec.method_label, b, step.private, step.noise_multiplicity)
         if key not in ctx.memory_probes:
             ctx.memory_probes[key] = measure_step_memory(
                 recipe, planned.training, batch=b, private=step.private, image_shape=tuple(ctx.train[0].shape[1:]),
