@@ -55,3 +55,14 @@ def test_the_spy_sees_every_load(suite_loads):
     load_suite(path)
     load_suite(path, ["seeds=[0]"])
     assert loads() == 2
+
+
+def test_a_run_with_overrides_loads_the_suite_once(suite_loads, tmp_path, capsys):
+    """The results' suite.yaml (the effective suite) is written from the loaded mapping, not a second parse."""
+    path, loads = suite_loads
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--only", "method=bias", "--only", "epsilon=inf", "--set", "seeds=[0]",
+                 "--no-report", "--no-progress", "--results-dir", str(out)]) == 0
+    assert loads() == 1
+    recorded = yaml.safe_load((out / "micro" / "suite.yaml").read_text())
+    assert recorded["seeds"] == [0] and "--set seeds=[0]" in (out / "micro" / "suite.yaml").read_text()

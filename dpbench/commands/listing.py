@@ -52,7 +52,7 @@ def cmd_validate(args) -> int:
     from dpbench.runner.plan import plan_runs
     from dpbench.runner.requirements import missing_requirements
 
-    path, suite, _ = load_checked_suite(args)
+    path, suite, _, _ = load_checked_suite(args)
     runs = in_file(path, plan_runs, suite, args.data_root)
     for problem in missing_requirements(suite):
         print(f"dpbench: warning: {path}: this machine cannot run it yet: {problem}", file=sys.stderr)

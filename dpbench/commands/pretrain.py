@@ -7,7 +7,7 @@ def cmd_pretrain(args) -> int:
     from dpbench.commands.suites import load_checked_suite, suite_device
     from dpbench.models.pretrain import load_pretrained
 
-    _, suite, _ = load_checked_suite(args)
+    _, suite, _, _ = load_checked_suite(args)
     device = suite_device(args, suite)
     out = load_pretrained(suite, data_root=args.data_root, cache_dir=args.cache_dir, device=str(device),
                           progress=args.progress, force=args.force)

@@ -153,7 +153,7 @@ def _suite_plan(args) -> _Plan:
     from dpbench.data.base import dataset_num_classes
     from dpbench.models.pretrain import load_pretrained
 
-    _, suite, _ = load_checked_suite(args)
+    _, suite, _, _ = load_checked_suite(args)
     device = suite_device(args, suite)
     ref = suite.data.private
     num_classes = dataset_num_classes(ref, suite.data_root(ref, args.data_root))

@@ -19,8 +19,8 @@ def in_file(path, fn, *args, **kwargs):
         raise UserError([p if p.startswith(str(path)) else f"{path}: {p}" for p in err.problems]) from None
 
 
-def load_checked_suite(args: argparse.Namespace) -> tuple[Path, Suite, tuple[str, ...]]:
-    """``(path, suite, overrides)`` for ``args.suite``: the file (or built-in name) read once, with the
+def load_checked_suite(args: argparse.Namespace) -> tuple[Path, Suite, tuple[str, ...], dict]:
+    """``(path, suite, overrides, mapping)`` for ``args.suite``: the file (or built-in name) read once, with the
     command's ``--set`` overrides and then, with ``--smoke``, the smoke settings (dpbench/config/smoke.py),
     validated, every registry name it uses checked (dpbench/runner/plan.py ``check_names``)."""
     from dpbench.config.overrides import apply_overrides
@@ -38,7 +38,7 @@ def load_checked_suite(args: argparse.Namespace) -> tuple[Path, Suite, tuple[str
         raw, overrides = apply_overrides(raw, smoke), overrides + smoke
     suite = suite_from_mapping(raw, path)
     in_file(path, check_names, suite)
-    return path, suite, overrides
+    return path, suite, overrides, raw
 
 
 def runner_settings(args: argparse.Namespace, need_machine: bool = True):
@@ -47,11 +47,11 @@ def runner_settings(args: argparse.Namespace, need_machine: bool = True):
     from dpbench.runner.context import RunnerSettings
     from dpbench.runner.requirements import missing_requirements
 
-    path, suite, overrides = load_checked_suite(args)
+    path, suite, overrides, mapping = load_checked_suite(args)
     problems = missing_requirements(suite, args.device) if need_machine else []
     if problems:
         raise UserError([f"{path}: {p}" for p in problems])
-    return RunnerSettings(suite_path=str(path), suite=suite, results_root=args.results_dir, data_root=args.data_root,
+    return RunnerSettings(suite_path=str(path), suite=suite, suite_mapping=mapping, results_root=args.results_dir, data_root=args.data_root,
                           cache_dir=args.cache_dir, device=args.device, progress=args.progress,
                           overrides=overrides, smoke=getattr(args, "smoke", False))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -27,6 +27,7 @@ log = logging.getLogger("dpbench")
 class RunnerSettings:
     suite_path: str  # the file the suite came from: named in messages and recorded with the results
     suite: Suite  # loaded once by the command, overrides applied, registry names checked
+    suite_mapping: Any = None  # the YAML mapping it was validated from (overrides applied): what results record
     results_root: str = "results"
     data_root: Optional[str] = None
     cache_dir: Optional[str] = None

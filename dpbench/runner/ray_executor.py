@@ -117,7 +117,8 @@ class RayExecutor(Executor):
 
         s = ctx.settings
         absolute = lambda path: str(Path(path).resolve()) if path else None  # noqa: E731
-        return RunnerSettings(suite_path=absolute(s.suite_path), suite=s.suite, results_root=absolute(s.results_root),
+        return RunnerSettings(suite_path=absolute(s.suite_path), suite=s.suite, suite_mapping=s.suite_mapping,
+                              results_root=absolute(s.results_root),
                               data_root=absolute(s.data_root), cache_dir=str(cache_root(s.cache_dir).resolve()),
                               device="cuda" if self.config.gpus_per_run > 0 else "cpu", progress=False,
                               overrides=s.overrides, smoke=s.smoke)

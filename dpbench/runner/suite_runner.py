@@ -70,7 +70,8 @@ def _run_grid(ctx: RunContext, executor, only: list[str], rerun_changed: bool) -
     pending = [p for p in planned if p.spec.run_id in rerun]  # in the grid's order, the same on every torchrun rank
     if ctx.is_root:
         ctx.results_dir.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(ctx.results_dir / "suite.yaml", effective_suite_yaml(settings.suite_path, settings.overrides),
+        write_bytes_atomic(ctx.results_dir / "suite.yaml", effective_suite_yaml(settings.suite_path, settings.overrides,
+                                                               settings.suite_mapping),
                            inside=ctx.results_dir)
         for p in changed:  # a re-run starts from scratch, not from a checkpoint of the old settings
             (run_dir(ctx.results_dir, p.spec.run_id) / "result.json").unlink(missing_ok=True)

@@ -26,6 +26,7 @@ what is new. Output under
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Optional
@@ -130,7 +131,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
                         **provenance(device))
     write_model(ctx.results_dir / "tune.json", record, inside=ctx.results_dir)
     write_bytes_atomic(ctx.results_dir / tuned_name,
-                       _tuned_yaml(settings.suite_path, settings.overrides, record).encode(), inside=ctx.results_dir)
+                       _tuned_yaml(settings, record).encode(), inside=ctx.results_dir)
     return ctx.results_dir, record
 
 
@@ -241,10 +242,13 @@ def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], result
     return rows
 
 
-def _tuned_yaml(suite_path: str, overrides: tuple[str, ...], record: TuneResult) -> str:
-    path = Path(suite_path)
+def _tuned_yaml(settings: RunnerSettings, record: TuneResult) -> str:
+    path = Path(settings.suite_path)
+    raw = copy.deepcopy(settings.suite_mapping)  # edited below; the command's copy stays as loaded
+    if raw is None:  # settings made without the command layer's load
+        raw = apply_overrides(read_suite_yaml(path), settings.overrides)
     # The tuned suite lives in the results folder: roots written relative to the original file are made absolute.
-    raw = with_absolute_data_roots(apply_overrides(read_suite_yaml(path), overrides), path.resolve().parent)
+    raw = with_absolute_data_roots(raw, path.resolve().parent)
     selected = {c.method_label: c for c in record.candidates if c.selected}
     for entry in raw["methods"]:
         pick = selected.get(entry.get("label") or entry["name"])
