@@ -135,7 +135,7 @@ def test_a_run_whose_every_try_died_is_recorded_as_failed(tmp_path, ray_cluster,
     assert (tmp_path / "out" / "micro" / "runs" / killed[0] / "checkpoint.pt").is_file(), "kept: a re-run resumes"
 
 
-def test_a_failing_cell_does_not_stop_the_others(tmp_path, ray_cluster, capsys):
+def test_a_failing_run_does_not_stop_the_others(tmp_path, ray_cluster, capsys):
     """A plug-in method registered in the driver travels to the workers; its runs fail and are recorded,
     the others finish, the grid exits 1 listing the failures."""
     from dpbench.methods.base import Method

@@ -203,7 +203,7 @@ def test_path_like_names_never_become_paths(tmp_path, capsys):
     assert not (tmp_path / "out").exists() and not (tmp_path.parent / "escape").exists()
 
 
-def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch, capsys):
+def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch, capsys):
     """A plug-in method that raises: its runs fail with status, error and phase; the other runs finish;
     the grid exits 1 and lists the failures; a re-run retries only the failed ones."""
     from dpbench.methods.base import Method

@@ -190,7 +190,7 @@ def test_ls_does_not_import_torch():
     assert out.strip().splitlines()[-1] == "False"
 
 
-def test_only_filter_selects_cells():
+def test_only_filter_selects_runs():
     from dpbench.runner.plan import apply_filters
     from dpbench.errors import UserError
 
