@@ -10,7 +10,7 @@ import yaml
 
 from dpbench.cli import build_parser, main
 from dpbench.config.overrides import apply_overrides, effective_suite_yaml, parse_override
-from dpbench.config.suite import load_suite, resolve_suite_path
+from dpbench.config.suite import load_suite, read_suite_yaml, resolve_suite_path
 from dpbench.errors import UserError
 from dpbench.runner.plan import plan_runs
 
@@ -53,12 +53,12 @@ def test_overrides_enter_the_config_hash_exactly_as_the_same_edit(tmp_path):
 
 def test_suite_yaml_records_the_effective_suite_and_the_overrides():
     overrides = ["privacy.epsilons=[1,10]", "methods[loda].lr=0.01"]
-    text = effective_suite_yaml(QUICKSTART, overrides).decode()
+    text = effective_suite_yaml(QUICKSTART, overrides, apply_overrides(read_suite_yaml(QUICKSTART), overrides)).decode()
     assert "#   --set privacy.epsilons=[1,10]" in text and "#   --set methods[loda].lr=0.01" in text
     recorded = yaml.safe_load(text)
     assert recorded["privacy"]["epsilons"] == [1, 10]
     assert load_suite(QUICKSTART, overrides).model_dump() == load_suite_from_text(text).model_dump()
-    assert effective_suite_yaml(QUICKSTART, []) == QUICKSTART.read_bytes()  # no overrides: the file as it is
+    assert effective_suite_yaml(QUICKSTART, [], read_suite_yaml(QUICKSTART)) == QUICKSTART.read_bytes()  # no overrides: the file as it is
 
 
 def load_suite_from_text(text: str):

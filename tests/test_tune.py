@@ -76,7 +76,7 @@ def test_tune_reuses_finished_candidates_and_runs_only_what_is_new(tmp_path):
     path = tmp_path / "tunable.yaml"
     path.write_text(yaml.safe_dump({**SUITE, "methods": [{"name": "bias", "lr": 0.01}]}))
     out = tmp_path / "out"
-    assert main(["tune", str(path), "--lrs", "0.01", "--seeds", "0", "--no-progress", "--results-dir", str(out)]) == 0
+    assert main(["tune", str(path), "--lrs", "0.01", "--no-progress", "--results-dir", str(out)]) == 0
     runs = out / "tunable" / "tune" / "runs"
     first = runs / "bias-lr0.01-eps8-seed0" / "result.json"
     written = first.read_bytes()
@@ -91,7 +91,7 @@ def test_tune_reuses_finished_candidates_and_runs_only_what_is_new(tmp_path):
     changed = {**SUITE, "methods": [{"name": "bias", "lr": 0.01}]}
     changed["privacy"] = {**SUITE["privacy"], "steps": 4}
     path.write_text(yaml.safe_dump(changed))
-    assert main(["tune", str(path), "--lrs", "0.01", "--seeds", "0", "--no-progress", "--results-dir", str(out)]) == 0
+    assert main(["tune", str(path), "--lrs", "0.01", "--no-progress", "--results-dir", str(out)]) == 0
     assert json.loads(first.read_text())["steps"] == 4
 
 
@@ -125,6 +125,8 @@ def test_bad_number_lists_are_one_line_user_errors(tmp_path, capsys):
     cases = [(["tune", str(path), "--lr-factors", "0.5,,2"], "--lr-factors"),
              (["tune", str(path), "--lrs", "0.01,0"], "--lrs"),
              (["tune", str(path), "--seeds", "-1"], "--seeds"),
+             (["tune", str(path), "--seeds", "0"], "--seeds"),  # the selection rule needs two seeds
+             (["tune", str(path), "--seeds", "3,3"], "--seeds"),
              (["profile", "--preset", "tiny", "--batch-sizes", "8,x"], "--batch-sizes"),
              (["profile", "--preset", "tiny", "--batch-sizes", "0"], "--batch-sizes"),
              (["profile", "--preset", "tiny", "--image-size", "16,"], "--image-size")]
@@ -134,6 +136,6 @@ def test_bad_number_lists_are_one_line_user_errors(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and option in err and "give" in err, (argv, err)
     assert not (tmp_path / "out").exists()
-    # seeds may be 0 (the default) — only learning rates and factors must be positive
+    # seeds may be 0 — only learning rates and factors must be positive
     from dpbench.commands.arguments import numbers
     assert numbers("0,1", "--seeds", int) == [0, 1] and numbers(None, "--lrs", float) is None

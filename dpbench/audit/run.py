@@ -234,8 +234,7 @@ def audit_suite(settings, only: list[str] = (), *, canaries: Optional[int] = Non
     ``canaries=None`` takes :data:`DEFAULT_CANARIES`."""
     from dpbench.engine.faults import trainer_class
     from dpbench.runner.context import RunContext
-    from dpbench.runner.plan import is_private
-    from dpbench.runner.plan import planned_grid
+    from dpbench.runner.plan import is_private, planned_grid
 
     trainer_class(fault)  # an unknown fault is a one-line error before any work
     canaries = DEFAULT_CANARIES if canaries is None else canaries

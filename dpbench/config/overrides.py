@@ -115,13 +115,12 @@ def _where(steps: list) -> str:
     return "".join(f"[{s[0]}]" if isinstance(s, tuple) else f".{s}" for s in steps).lstrip(".") or "the suite"
 
 
-def effective_suite_yaml(path: str | Path, overrides: Sequence[str], mapping: Any = None) -> bytes:
+def effective_suite_yaml(path: str | Path, overrides: Sequence[str], mapping: Any) -> bytes:
     """What ``suite.yaml`` in the results records: the file as it is without overrides, else the effective
-    suite — ``mapping``, the suite as the command loaded it, or the file read again — with the file and
-    the overrides in its header."""
+    suite — ``mapping``, the suite as the command loaded and validated it (not the file read again) —
+    with the file and the overrides in its header."""
     if not overrides:
         return Path(path).read_bytes()
-    raw = mapping if mapping is not None else apply_overrides(yaml.safe_load(Path(path).read_bytes()), overrides)
     header = [f"# {Path(path).name} with command-line overrides (dpbench --set), applied in this order:"]
     header += [f"#   --set {o}" for o in overrides]
-    return ("\n".join(header) + "\n" + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)).encode()
+    return ("\n".join(header) + "\n" + yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True)).encode()

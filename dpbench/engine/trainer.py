@@ -102,7 +102,7 @@ class TrainerSetup:
 
     step: DPStep
     training: "TrainingSettings"
-    seed: int = 0
+    seed: int  # the diffusion draws (and, reproducible, the mechanism's randomness); no default to forget
     budget: Optional[Budget] = None
     reproducible: bool = False
 

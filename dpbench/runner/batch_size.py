@@ -113,19 +113,18 @@ def cached_search(path: Path, key: dict, search: Callable[[], int]) -> int:
     return found
 
 
-def resolve_physical_batch(ctx: RunContext, planned: PlannedRun, method, scheduler) -> int:
-    """The physical batch this run starts with (see the module docstring)."""
+def resolve_physical_batch(ctx: RunContext, planned: PlannedRun, recipe) -> int:
+    """The physical batch this run starts with (see the module docstring); ``auto`` probes the run's own
+    model recipe (dpbench/runner/setup.py)."""
     if planned.physical_batch != "auto" or ctx.device.type != "cuda":
         return planned.plan.step.physical_batch_size
     from dpbench.engine.measure import StepProbe
-    from dpbench.engine.setup import ModelRecipe
     from dpbench.models.pretrain import cache_root
 
     step = planned.plan.step
 
     def fits(batch: int) -> None:
-        StepProbe(ModelRecipe(ctx.pretrained.model, method, ctx.num_classes, ctx.device, scheduler), planned.training,
-                  batch=batch, private=step.private, image_shape=tuple(ctx.train[0].shape[1:]),
+        StepProbe(recipe, planned.training, batch=batch, private=step.private, image_shape=tuple(ctx.train[0].shape[1:]),
                   noise_multiplicity=step.noise_multiplicity, warmup=1, clipping=step.clipping).close()
 
     def search() -> int:

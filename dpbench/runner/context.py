@@ -27,7 +27,7 @@ log = logging.getLogger("dpbench")
 class RunnerSettings:
     suite_path: str  # the file the suite came from: named in messages and recorded with the results
     suite: Suite  # loaded once by the command, overrides applied, registry names checked
-    suite_mapping: Any = None  # the YAML mapping it was validated from (overrides applied): what results record
+    suite_mapping: Any  # the YAML mapping it was validated from (overrides applied): what results record
     results_root: str = "results"
     data_root: Optional[str] = None
     cache_dir: Optional[str] = None
@@ -48,7 +48,7 @@ class RunContext:
     num_classes: int = 0
     _pretrained: object = None
     _reference_features: object = None
-    memory_probes: dict = field(default_factory=dict)  # (method key, physical batch, private, K) -> memory dict
+    memory_probes: dict = field(default_factory=dict)  # (method label, physical batch, private, K) -> memory dict
     distributed: object = None  # a dpbench.engine.distributed.Distributed under torchrun
 
     @classmethod

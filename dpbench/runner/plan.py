@@ -125,7 +125,9 @@ def plan_runs(suite: Suite, data_root: str | None = None, num_examples: int | No
     """All runs of the suite with their privacy plans; σ is calibrated once per ε and shared by every method.
 
     Without ``num_examples`` the private data is counted where it lies; if it is not there, the dataset's
-    nominal size is assumed and every planned run says so (``num_examples_exact``)."""
+    nominal size is assumed and every planned run says so (``num_examples_exact``). The suite's registry
+    names are expected checked already (:func:`check_names`, called once by the command that loaded it:
+    dpbench/commands/suites.py)."""
     from dpbench.data.base import dataset_train_size
 
     exact = True

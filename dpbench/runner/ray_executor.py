@@ -4,10 +4,10 @@ This process (the driver) plans the grid and refuses stale results as `executor:
 task pretrains the suite's model and computes its baselines (both cached), and one task per pending
 run executes it with ``gpus_per_run`` GPUs (0: on CPU) and ``cpus_per_run`` CPUs. A task receives only
 picklable values — the :class:`RunnerSettings` with absolute paths, the :class:`PlannedRun` the driver
-planned (the task does not plan the grid again; it only checks that the suite still has the run with
-the same config hash), and the plug-ins registered here with ``Registry.add`` — and rebuilds its own
-:class:`RunContext`. The suite file, the data, the cache and the results directory must therefore be
-the same paths on every node (one machine, or a shared filesystem).
+planned (the task neither reads the suite file nor plans the grid again; it checks only that the
+private data it loads gives the run the driver's config hash), and the plug-ins registered here with
+``Registry.add`` — and rebuilds its own :class:`RunContext`. The data, the cache and the results
+directory must therefore be the same paths on every node (one machine, or a shared filesystem).
 
 A run that fails in its own code is recorded as failed by its task (as with `executor: local`) and is
 not retried. A task whose worker process dies (killed, node lost) is retried up to ``max_retries``
@@ -54,18 +54,17 @@ def run_task(settings: RunnerSettings, planned: PlannedRun, working_dir: str, pl
 
     _set_up_worker(working_dir, plugins)
     ctx = RunContext.build(settings)
-    if not _still_planned(ctx, planned):
-        raise UserError(f"{settings.suite_path}: the suite changed while the grid was running ({planned.spec.run_id}) "
-                        "— run it again")
+    if not _same_data(ctx, planned):
+        raise UserError(f"{planned.spec.run_id}: the private data on this worker ({len(ctx.train[0])} examples) is not "
+                        "the data the driver planned with — give every node the same data folder")
     return run_one(ctx, planned)
 
 
-def _still_planned(ctx: RunContext, planned: PlannedRun) -> bool:
-    """Whether the suite as this worker reads it still has the run, with the settings the driver planned."""
-    from dpbench.config.suite import expand_runs, run_config_hash
+def _same_data(ctx: RunContext, planned: PlannedRun) -> bool:
+    """Whether the private data this worker loaded gives the run the config hash the driver planned (N
+    enters q, T and σ)."""
+    from dpbench.config.suite import run_config_hash
 
-    if planned.spec.run_id not in {spec.run_id for spec in expand_runs(ctx.suite)}:
-        return False
     return run_config_hash(ctx.suite, planned.spec, len(ctx.train[0])) == planned.config_hash
 
 

@@ -207,7 +207,7 @@ def measure_run(ctx: RunContext, planned: PlannedRun, recipe: "ModelRecipe") -> 
     """The physical batch the run starts with (probed for ``auto``) and, on rank 0, the step's memory there."""
     from dpbench.runner.batch_size import resolve_physical_batch
 
-    physical = resolve_physical_batch(ctx, planned, recipe.method, recipe.scheduler)
+    physical = resolve_physical_batch(ctx, planned, recipe)
     memory = None  # rank 0 alone measures it (and records it)
     if ctx.is_root:
         memory, physical = _memory(ctx, planned, recipe, physical)

@@ -37,8 +37,7 @@ from typing import Optional
 import torch
 import yaml
 
-from dpbench.config.overrides import apply_overrides
-from dpbench.config.suite import DatasetRef, MethodSpec, Suite, read_suite_yaml, stable_hash, with_absolute_data_roots
+from dpbench.config.suite import DatasetRef, MethodSpec, Suite, stable_hash, with_absolute_data_roots
 from dpbench.errors import UserError
 from dpbench.results import (TuneCandidate, TuneResult, check_name, display_epsilon, format_epsilon, load_results,
                              parse_epsilon, run_dir, write_bytes_atomic, write_model)
@@ -109,6 +108,9 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
 
     suite = settings.suite
     eps, chosen = _tune_target(settings, methods, epsilon)
+    if seeds is not None and len(set(seeds)) < MIN_SEEDS:
+        raise UserError(f"--seeds {','.join(map(str, seeds))}: the selection rule needs {MIN_SEEDS} seeds per candidate "
+                        "(dpbench/runner/tune_selection.py) — give e.g. --seeds 0,1, or leave it out")
     public = suite.data.public
     private_root = suite.data_root(suite.data.private, settings.data_root)
     n, _ = dataset_train_size(suite.data.private, private_root)  # N is public (threat model); no private data loaded
@@ -194,7 +196,7 @@ def _pretrained_proxy_fid(ctx: RunContext) -> Optional[float]:
 
 
 def _run_candidates(ctx: RunContext, n: int) -> dict:
-    """Every candidate run of the proxy suite, by method key: finished ones with the same settings reused,
+    """Every candidate run of the proxy suite, by method label: finished ones with the same settings reused,
     the others run now."""
     from dpbench.runner.single_run import run_one
     from dpbench.runner.plan import plan_runs, split_finished
@@ -248,8 +250,6 @@ def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], result
 def _tuned_yaml(settings: RunnerSettings, record: TuneResult) -> str:
     path = Path(settings.suite_path)
     raw = copy.deepcopy(settings.suite_mapping)  # edited below; the command's copy stays as loaded
-    if raw is None:  # settings made without the command layer's load
-        raw = apply_overrides(read_suite_yaml(path), settings.overrides)
     # The tuned suite lives in the results folder: roots written relative to the original file are made absolute.
     raw = with_absolute_data_roots(raw, path.resolve().parent)
     selected = {c.method_label: c for c in record.candidates if c.selected}
