@@ -19,7 +19,13 @@ def test_the_best_mean_is_rejected_when_one_seed_diverges():
     stable = scores(0.002, [0.40, 0.41])
     chosen, reasons = select([stable, unstable], PRETRAINED_FID)
     assert chosen == 0
-    assert "above the pretrained" in reasons[1] and reasons[0] is None
+    assert "above 2x the pretrained" in reasons[1] and reasons[0] is None
+
+
+def test_a_fid_somewhat_above_the_pretrained_floor_is_kept():
+    """On the proxy the pretrained model already draws the images: its FID is a floor, not a bar."""
+    assert rejection(scores(0.01, [0.6, 0.62], fids=[1.5 * PRETRAINED_FID, 1.9 * PRETRAINED_FID]), PRETRAINED_FID) is None
+    assert rejection(scores(0.01, [0.6, 0.62], fids=[1.5 * PRETRAINED_FID, 2.1 * PRETRAINED_FID]), PRETRAINED_FID)
 
 
 def test_disagreeing_seeds_are_rejected():

@@ -18,8 +18,8 @@ learn under DP which class generates what, as on the real task — though the pr
 shapes the model already draws, so it is an easier task than learning new ones. With more public
 classes than private ones, only the first K public classes are kept. Every candidate (method × lr × C) is a
 real run of the suite's DP loop, at two seeds by default; one candidate per method is selected by the rule of
-dpbench/runner/tune_selection.py (candidates that diverge on a seed, end above the pretrained proxy model's
-FID or whose seeds disagree are set aside; then the smallest lr within noise of the best mean proxy
+dpbench/runner/tune_selection.py (candidates whose FID ends above twice the pretrained proxy model's on a
+seed, or whose seeds disagree, are set aside; then the smallest lr within noise of the best mean proxy
 accuracy). A candidate run already finished
 with the same settings (its config hash) is reused, so adding seeds or learning rates later runs only
 what is new. Output under
