@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from dpbench.cli import main
-from dpbench.config.suite import expand_runs, load_suite
+from dpbench.config.suite import expand_runs, load_suite, suite_from_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = yaml.safe_load((REPO / "suites" / "quickstart.yaml").read_text())
@@ -25,7 +25,8 @@ def test_shipped_suites_validate(name, capsys, monkeypatch):
     assert "learning rate" in text.lower() or "Learning rates" in text, "every suite says where its lrs come from"
     rows = json.loads(capsys.readouterr().out)
     suite = load_suite(REPO / "suites" / f"{name}.yaml")
-    assert len(rows) == len(expand_runs(suite)) == len(suite.seeds) * len(suite.privacy.epsilons) * len(suite.methods)
+    per_budget = sum(len(suite.seeds_at(float(e))) for e in suite.privacy.epsilons)
+    assert len(rows) == len(expand_runs(suite)) == per_budget * len(suite.methods)
     for key in ("run_id", "dataset", "method", "epsilon", "seed", "noise_multiplier", "sample_rate", "steps",
                 "max_grad_norm", "noise_multiplicity"):
         assert all(key in r for r in rows)
@@ -91,6 +92,10 @@ BAD_SUITES = {
     "epochs_100000": (_mutate("privacy.epochs", 100000), ["privacy.epochs", "T=", "100000", "lower privacy.epochs"]),
     "epochs_1e300": (_mutate("privacy.epochs", 1e300), ["privacy.epochs", "must be ≤"]),
     "repeated_seeds": (_mutate("seeds", [0, 0]), ["seeds", "listed twice", "list each seed once"]),
+    "epsilon_seeds_unknown_budget": (_mutate("epsilon_seeds", {7: [0, 1]}),
+                                     ["epsilon_seeds", "ε 7", "not in privacy.epsilons", "key it by one of them"]),
+    "epsilon_seeds_not_a_budget": (_mutate("epsilon_seeds", {"ten": [0]}), ["epsilon_seeds", "'ten'", "not an ε"]),
+    "epsilon_seeds_repeated_seed": (_mutate("epsilon_seeds", {10: [3, 3]}), ["epsilon_seeds", "seed 3", "listed twice"]),
     "missing_imagefolder": (_mutate("data.private", {"name": "imagefolder", "image_size": 8, "channels": 1,
                                                      "options": {"path": "/no/such/folder"}}),
                             ["data.private", "/no/such/folder", "not found"]),
@@ -252,6 +257,21 @@ def test_registry_names_are_all_reported(tmp_path, capsys):
     assert main(["validate", str(path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and any("did you mean 'tiny'" in l for l in lines) and any("did you mean 'full'" in l for l in lines)
+
+
+def test_epsilon_seeds_give_one_budget_more_seeds():
+    raw = {**QUICKSTART, "seeds": [0], "epsilon_seeds": {10: [0, 1, 2], "inf": [5]}}
+    suite = suite_from_mapping(raw, "quickstart.yaml")
+    runs = expand_runs(suite)
+    seeds = {(r.epsilon, r.seed) for r in runs}
+    finite = sorted(float(e) for e in suite.privacy.epsilons if e != "inf")
+    assert {s for e, s in seeds if e == 10} == {0, 1, 2}
+    assert {s for e, s in seeds if e == float("inf")} == {5}
+    assert all({s for e, s in seeds if e == eps} == {0} for eps in finite if eps != 10)
+    assert len(runs) == len(seeds) * len(suite.methods) == len({r.run_id for r in runs})
+    assert [r.seed for r in runs] == sorted(r.seed for r in runs), "seed by seed, so whole seeds finish first"
+    # the same ε spelled as in privacy.epsilons or not is one key
+    assert suite_from_mapping({**raw, "epsilon_seeds": {"10.0": [0, 1]}}, "q.yaml").seeds_at(10.0) == [0, 1]
 
 
 def test_distinct_epsilons_never_share_a_run_id():

@@ -139,3 +139,17 @@ def test_bad_number_lists_are_one_line_user_errors(tmp_path, capsys):
     # seeds may be 0 — only learning rates and factors must be positive
     from dpbench.commands.arguments import numbers
     assert numbers("0,1", "--seeds", int) == [0, 1] and numbers(None, "--lrs", float) is None
+
+
+def test_the_proxy_runs_the_tune_seeds_even_where_the_suite_has_epsilon_seeds():
+    from pathlib import Path
+
+    from dpbench.config.suite import suite_from_mapping
+    from dpbench.runner.tune import DEFAULT_SEEDS, _proxy_suite
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "quickstart.yaml").read_text())
+    suite = suite_from_mapping({**raw, "epsilon_seeds": {10: [0, 1, 2, 3, 4]}}, "quickstart.yaml")
+    assert suite.seeds_at(10.0) == [0, 1, 2, 3, 4]
+    proxy = _proxy_suite(suite, suite.methods, 10.0, None)
+    assert proxy.seeds_at(10.0) == list(DEFAULT_SEEDS)
+    assert _proxy_suite(suite, suite.methods, 10.0, [3, 4]).seeds_at(10.0) == [3, 4]

@@ -27,9 +27,12 @@ class RunSpec(BaseModel):
 
 
 def expand_runs(suite: Suite) -> list[RunSpec]:
+    """Seed by seed (a suite stopped early has whole seeds done), each ε that runs the seed, each method."""
     runs = []
-    for seed in suite.seeds:
+    for seed in suite.all_seeds():
         for eps in suite.privacy.epsilons:
+            if seed not in suite.seeds_at(float(eps)):
+                continue
             for index, method in enumerate(suite.methods):
                 runs.append(
                     RunSpec(

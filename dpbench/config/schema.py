@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import (AliasChoices, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
                       field_validator, model_validator)
 
-from dpbench.results import NAME_PATTERN, parse_epsilon
+from dpbench.results import NAME_PATTERN, format_epsilon, parse_epsilon
 
 
 class Strict(BaseModel):
@@ -247,10 +247,22 @@ class ExecutorSettings(Strict):
         return self
 
 
+Seed = Annotated[int, Field(ge=0, lt=2**31)]
+
+
+def _repeated_seed(seeds: list[int]) -> Optional[int]:
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    return repeated[0] if repeated else None
+
+
 class Suite(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
-    seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    # More (or other) seeds at some budgets: a close comparison at the headline ε can get the seeds it needs
+    # without paying for them at every ε.
+    epsilon_seeds: dict[str, list[Seed]] = Field(
+        default_factory=dict, description="seeds for particular ε instead of `seeds`, e.g. {10: [0, 1, 2, 3, 4]}")
     data: DataSettings
     model: ModelSettings
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
@@ -265,10 +277,48 @@ class Suite(Strict):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, value):
-        repeated = sorted({s for s in value if value.count(s) > 1})
-        if repeated:
-            raise ValueError(f"seed {repeated[0]} is listed twice (two runs would share one run id) — list each seed once")
+        if _repeated_seed(value) is not None:
+            raise ValueError(f"seed {_repeated_seed(value)} is listed twice (two runs would share one run id) — "
+                             "list each seed once")
         return value
+
+    @field_validator("epsilon_seeds", mode="before")
+    @classmethod
+    def _epsilon_keys(cls, value):
+        """Keys as ε are written in privacy.epsilons (10, 10.0 and "10" are one ε; inf, "inf" and ∞ another)."""
+        if not isinstance(value, dict):
+            return value
+        keys = {}
+        for key, seeds in value.items():
+            try:
+                eps = format_epsilon(parse_epsilon(key))
+            except (ValueError, TypeError):
+                raise ValueError(f"{key!r} is not an ε — key each list by an ε of privacy.epsilons, e.g. {{10: [0, 1, 2]}}")
+            if eps in keys:
+                raise ValueError(f"ε {eps} is keyed twice — give each ε one list of seeds")
+            keys[eps] = seeds
+        return keys
+
+    @field_validator("epsilon_seeds")
+    @classmethod
+    def _distinct_epsilon_seeds(cls, value):
+        for eps, seeds in value.items():
+            if not seeds:
+                raise ValueError(f"ε {eps} has no seeds — list at least one, or remove the entry")
+            if _repeated_seed(seeds) is not None:
+                raise ValueError(f"ε {eps}: seed {_repeated_seed(seeds)} is listed twice — list each seed once")
+        return value
+
+    def seeds_at(self, eps: float) -> list[int]:
+        """The fine-tuning seeds run at ε ``eps``: its ``epsilon_seeds`` entry, else ``seeds``."""
+        return self.epsilon_seeds.get(format_epsilon(eps), self.seeds)
+
+    def all_seeds(self) -> list[int]:
+        """Every seed some ε runs, ``seeds`` first, then the others in the order ``epsilon_seeds`` lists them."""
+        ordered = list(self.seeds)
+        for seeds in self.epsilon_seeds.values():
+            ordered += [s for s in seeds if s not in ordered]
+        return ordered
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -287,6 +337,10 @@ class Suite(Strict):
         if public is not None and public.identity() == private.identity():
             problems.append("data.public is the private dataset: pretraining on private data outside the DP "
                             "mechanism voids the guarantee — use a different public dataset")
+        budgets = [format_epsilon(float(e)) for e in self.privacy.epsilons]
+        for eps in self.epsilon_seeds:
+            if eps not in budgets:
+                problems.append(f"epsilon_seeds: ε {eps} is not in privacy.epsilons {budgets} — key it by one of them")
         private_eps = any(e != "inf" for e in self.privacy.epsilons)
         if private_eps and self.evaluation.fid_reference_split == "train":
             problems.append("evaluation.fid_reference_split: 'train' compares samples with the private training "

@@ -162,7 +162,7 @@ def _proxy_suite(suite: Suite, proxy_methods: list[MethodSpec], eps: float, seed
     proxy_ref = DatasetRef(name=public.name, image_size=public.image_size, channels=public.channels,
                            options=public.options)
     return suite.model_copy(update={
-        "seeds": seeds or list(DEFAULT_SEEDS), "methods": proxy_methods,
+        "seeds": seeds or list(DEFAULT_SEEDS), "epsilon_seeds": {}, "methods": proxy_methods,
         "privacy": suite.privacy.model_copy(update={"epsilons": [eps]}),
         "data": suite.data.model_copy(update={"private": proxy_ref, "label": f"proxy task from {public.name}"}),
         "evaluation": suite.evaluation.model_copy(update={"real_data_ceiling": False}),
