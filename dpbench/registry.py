@@ -91,7 +91,8 @@ class Registry(Generic[T]):
 
     def suggestion(self, name: str) -> str:
         close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.6)
-        return f" — did you mean {close[0]!r}?" if close else f" (known: {', '.join(self.names())})"
+        # Both answers start with " — ": every one-line error names the fix (tests/test_suite_fuzz.py).
+        return f" — did you mean {close[0]!r}?" if close else f" — use one of: {', '.join(self.names())}"
 
     def check(self, name: str, field: str | None = None) -> None:
         """A UserError naming ``field`` (the suite field or option that gave the name) if unknown."""

@@ -93,6 +93,16 @@ def test_unknown_method_suggests():
         METHODS.get("lodaa")
 
 
+@pytest.mark.parametrize("name", ["", "zzzzzz"])
+def test_an_unknown_method_with_no_close_name_is_told_the_fix(name):
+    """No close match (an empty name, say): the one-line error still names the fix after " — " — it lists
+    what to use instead (it said "(known: ...)" with no fix, which the suite fuzzer found)."""
+    with pytest.raises(UserError) as err:
+        METHODS.get(name, "methods[1].name")
+    assert str(err.value).startswith("methods[1].name: unknown method")
+    assert " — use one of: " in str(err.value) and "loda" in str(err.value)
+
+
 def test_adding_a_method_is_one_file(tmp_path, monkeypatch):
     """The template, copied as a new file into a folder of the methods package, is discovered and trains
     what it marks — with nothing else changed (and nothing written into the installed package)."""

@@ -89,8 +89,8 @@ class ImageDataset(ABC):
         allowed = (*self.options_allowed, TRAIN_SUBSET)
         unknown = sorted(set(options) - set(allowed))
         if unknown:
-            raise UserError(f"dataset {self.name!r}: unknown option {unknown[0]!r} in data options (known: "
-                            f"{', '.join(allowed)})")
+            raise UserError(f"dataset {self.name!r}: unknown option {unknown[0]!r} in data options — use one of: "
+                            f"{', '.join(allowed)}")
         subset = options.get(TRAIN_SUBSET)
         if subset is not None and (not isinstance(subset, int) or isinstance(subset, bool) or subset < 1):
             raise UserError(f"dataset {self.name!r}: options.{TRAIN_SUBSET} must be a positive integer (got {subset!r})")
