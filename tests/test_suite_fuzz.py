@@ -1,7 +1,7 @@
 """Property-based fuzzing of suite validation (issue 18): valid suites mutated as a careless user or a
 corrupted file would — keys dropped, renamed or retyped, extreme and non-finite numbers, random bytes,
 deep nesting — must always get an answer: exit 0, or exit 2 with one line per problem that names the
-field and the fix; never a traceback (exit 3), and without hanging (a 60 s guard per case; a speed claim belongs in benchmarks).
+field and the fix; never a traceback (exit 3), and within 10 s.
 
 Most cases go in-process through `dpbench.cli.main(["validate", FILE])` (the command line's own code
 path, without the interpreter start); a few go through a real `python -m dpbench validate` process.
@@ -26,9 +26,7 @@ from dpbench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 BASES = {name: yaml.safe_load((REPO / "suites" / f"{name}.yaml").read_text()) for name in ("quickstart", "mnist10k-cpu")}
-# A hang guard, not a speed claim: a case that never answers (an accountant looping on T = 2**63, say)
-# fails; a slow answer on a loaded CI machine must not (it failed once at 10 s beside a test run).
-ANSWER_SECONDS = 60.0
+ANSWER_SECONDS = 10.0
 
 # Extreme and awkward values. A finite set on purpose: the σ calibrations they lead to are cached per
 # process, so 500 cases stay within CI's time while every value is still met many times.
