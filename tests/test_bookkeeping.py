@@ -229,6 +229,28 @@ def test_rank_r_convs_shift_the_gradient_and_wide_convs_go_per_tap(monkeypatch):
     assert square and not any(square.values())  # the UNet's own C -> C 3x3 convolutions
 
 
+def test_wide_images_with_few_channels_instantiate_by_one_grouped_conv(monkeypatch):
+    """The UNet's first-level convolutions (8x8 images, 16 channels) go grouped; its 4x4 32-channel maps, its
+    strided downsampler and every conv with K = 2 rows per example stay on the grid."""
+    decisions = []
+
+    def spy(conv, calls, batch):
+        decision = choose(conv, calls, batch)
+        decisions.append((calls[0].output_grad.shape[-1], conv.stride, calls[0].rows // batch, decision))
+        return decision
+
+    choose = bookkeeping_conv._use_grouped
+    monkeypatch.setattr(bookkeeping_conv, "_use_grouped", spy)
+    for k in (1, 2):
+        case = UNetCase("full", rows_per_example=k)
+        BookKeepingClipper(case.model, case.params, k, path="instantiate").weighted_sum(case.losses,
+                                                                                        lambda n: torch.ones_like(n))
+    grouped = {(size, stride, k) for size, stride, k, decision in decisions if decision}
+    grid = {(size, stride, k) for size, stride, k, decision in decisions if not decision}
+    assert grouped == {(8, (1, 1), 1)}
+    assert {(4, (1, 1), 1), (4, (2, 2), 1), (8, (1, 1), 2)} <= grid
+
+
 @pytest.mark.parametrize("path", ["ghost", "instantiate"])
 def test_a_conv_offset_off_by_one_is_caught(monkeypatch, path):
     """The comparison can fail: shift every kernel tap by one pixel and the norms (and, where instantiated, the
@@ -337,11 +359,14 @@ def reference_for_rows(model, params, x, rows_per_example, batch):
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
-@pytest.mark.parametrize("path,kernel", [("ghost", None), ("instantiate", "per-tap"), ("instantiate", "shifted")])
+@pytest.mark.parametrize("path,kernel", [("ghost", None), ("instantiate", "per-tap"), ("instantiate", "shifted"),
+                                         ("instantiate", "grouped")])
 @pytest.mark.parametrize("conv", list(CONVS))
 def test_conv_variants_channels_last_and_a_module_called_twice(monkeypatch, conv, path, kernel):
-    """Every conv variant, each way: ghost norm, instantiated per tap, instantiated by the shifted gradient."""
+    """Every conv variant, each way: ghost norm, instantiated per tap, by the shifted gradient, by one grouped
+    conv2d_weight (forced here also with K = 2 rows per example and strides, which the rule leaves to the grid)."""
     monkeypatch.setattr(bookkeeping_conv, "_shift_gradient", lambda layout: kernel == "shifted")
+    monkeypatch.setattr(bookkeeping_conv, "_use_grouped", lambda conv, calls, batch: kernel == "grouped")
     torch.manual_seed(0)
     model = TwiceConv(nn.Conv2d(**CONVS[conv])).double()
     params = list(model.parameters())
