@@ -621,3 +621,16 @@ def test_smoke_results_are_marked_and_never_mixed_with_real_ones(tmp_path):
     update_run(results, run_id_of("lora", 1.0, 0), smoke=False)
     with pytest.raises(UserError, match="mixes 2 --smoke runs .* with 1 real runs"):
         build_report(results, tmp_path / "out2")
+
+
+def test_thirteen_methods_get_thirteen_distinct_styles():
+    """peft-zoo-cpu has 13 methods: tab10's colours and the 10 markers repeated after 10, so full and vera
+    (and bias and hra, attention and fourierft) were drawn alike in its Pareto figure."""
+    from matplotlib.colors import to_rgba
+
+    from dpbench.reporting.figures import method_styles
+
+    methods = ("full", "bias", "attention", "lora", "loda", "dora", "loha", "lokr", "oft", "ia3", "vera", "hra",
+               "fourierft")
+    styles = method_styles(methods)
+    assert len({(to_rgba(s.color), s.marker) for s in styles.values()}) == 13

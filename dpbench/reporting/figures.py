@@ -71,8 +71,11 @@ class MethodStyle:
 def method_styles(methods: Sequence[str]) -> dict[str, MethodStyle]:
     """One colour and marker per method, by its position in the report's method order (the same order for
     every figure of a report, so a method looks the same everywhere)."""
-    palette = colormaps["tab10"]
-    return {method: MethodStyle(palette(i % 10), MARKERS[i % len(MARKERS)]) for i, method in enumerate(methods)}
+    # tab10 repeats after 10 methods (a 13-method suite drew two methods alike): tab20 then, whose 20 colours
+    # with the 10 markers give 20 distinct (colour, marker) pairs
+    colours = 10 if len(methods) <= 10 else 20
+    palette = colormaps["tab10" if colours == 10 else "tab20"]
+    return {method: MethodStyle(palette(i % colours), MARKERS[i % len(MARKERS)]) for i, method in enumerate(methods)}
 
 
 def _method_handles(methods: Sequence[str], styles: dict[str, MethodStyle]) -> list[Line2D]:
@@ -293,7 +296,9 @@ def pareto_figure(grid: ResultGrid, styles: Optional[dict[str, MethodStyle]] = N
     handles = [Line2D([], [], ls="", marker=styles[m].marker, color=styles[m].color, label=m) for m in grid.methods]
     handles.append(Line2D([], [], ls="", marker="o", markersize=12, markerfacecolor="none",
                           markeredgecolor="crimson", label="Pareto-optimal at this ε"))
-    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8)
+    # as many columns as the figure's width holds (~1.7 in each): a wider legend is cut off at both sides
+    columns_fit = max(1, int(figure.get_figwidth() / 1.7))
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), columns_fit), fontsize=8)
     return figure
 
 
