@@ -155,7 +155,7 @@ def _use_grouped(conv: nn.Conv2d, calls: list[_Call], batch: int) -> bool:
     """
     c_out, c_in = conv.out_channels, conv.in_channels
     return (all(c.rows == batch for c in calls) and conv.stride == (1, 1) and conv.dilation == (1, 1)
-            and conv.weight[0, 0].numel() > 1 and 3 * c_out >= c_in
+            and conv.kernel_size != (1, 1) and 3 * c_out >= c_in
             and all(c.output_grad.shape[-2] * c.output_grad.shape[-1] > 2 * max(c_in, c_out) for c in calls))
 
 
@@ -191,7 +191,7 @@ class _Conv2dLayer(_Layer):
             d_in, d_out = params // conv.out_channels, conv.out_channels
             if self.use_ghost(path, positions, params, positions**2 * (d_in + d_out + 1) + positions * params,
                               positions * params + 2 * params):
-                layouts = [_ConvLayout(conv, c.input.to(dtype), c.output_grad.to(dtype), batch) for c in self.calls]
+                layouts = self._layouts(batch)
                 norms = norms + self._ghost_norms(layouts)
                 sums["weight"] = self._weighted_contraction
             elif _use_grouped(conv, self.calls, batch):
@@ -201,7 +201,7 @@ class _Conv2dLayer(_Layer):
                 norms = norms + torch.linalg.vector_norm(weight, dim=1).square()
                 sums["weight"] = lambda w: torch.matmul(w, weight).view(conv.weight.shape)
             else:
-                layouts = [_ConvLayout(conv, c.input.to(dtype), c.output_grad.to(dtype), batch) for c in self.calls]
+                layouts = self._layouts(batch)
                 c_out, c_in, kh, kw = conv.weight.shape
                 weight = self.workspace((kh * kw, batch, c_out, c_in), layouts[0].grad)
                 for i, lay in enumerate(layouts):
@@ -214,6 +214,9 @@ class _Conv2dLayer(_Layer):
 
                 sums["weight"] = weighted
         return norms, sums
+
+    def _layouts(self, batch: int) -> list[_ConvLayout]:
+        return [_ConvLayout(self.module, c.input.to(self.dtype), c.output_grad.to(self.dtype), batch) for c in self.calls]
 
     def _ghost_norms(self, layouts: list[_ConvLayout]) -> torch.Tensor:
         grad = torch.cat([lay.grad for lay in layouts], 2)
