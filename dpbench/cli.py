@@ -199,7 +199,10 @@ def _add_tune_parser(sub) -> None:
                    "(default 0.25,0.5,1,2,4; with a fixed C: 0.25,1,4 × C·(0.01,0.1,1))")
     p.add_argument("--seeds", default=None,
                    help="comma-separated fine-tuning seeds per candidate (default 0,1: the selection rule needs two)")
-    p.add_argument("--results-dir", default="results", help="results root; the sweep goes to DIR/<suite>/tune/")
+    p.add_argument("--proxy-shift", choices=("transpose", "none"), default="transpose",
+                   help="how the proxy's private and test images differ from its pretraining images: transposed "
+                   "(default: shapes the proxy model never drew, as on the private task) or none")
+    p.add_argument("--results-dir", default="results", help="results root; the sweep goes to DIR/<suite>/tune-<shift>/")
     _add_set(p)
     _add_common(p)
 

@@ -8,7 +8,7 @@ import yaml
 
 from dpbench.cli import main
 from dpbench.results import TuneResult, read_model
-from dpbench.runner.tune_selection import CandidateScores, select
+from dpbench.runner.tune_selection import FID_BAR_FACTOR, CandidateScores, select
 
 SUITE = {
     "name": "tunable",
@@ -40,7 +40,7 @@ def test_tune_selects_on_a_public_proxy_and_writes_a_tuned_suite(tmp_path, monke
     path.write_text(yaml.safe_dump(SUITE))
     assert main(["tune", str(path), "--lrs", "0.001,0.03", "--no-progress", "--results-dir", str(tmp_path / "out")]) == 0
     assert "digits" not in loaded, "tuning never loads the private data"
-    folder = tmp_path / "out" / "tunable" / "tune"
+    folder = tmp_path / "out" / "tunable" / "tune-transpose"
     record = read_model(folder / "tune.json", TuneResult)
     assert record.epsilon == 8, "default: the largest finite ε"
     by_method = {}
@@ -49,12 +49,13 @@ def test_tune_selects_on_a_public_proxy_and_writes_a_tuned_suite(tmp_path, monke
     assert len(by_method["bias"]) == 2, "auto clipping: one candidate per lr"
     assert len(by_method["lora"]) == 2 * 3, "fixed C: lr × C grid"
     assert record.seeds == [0, 1], "default: the two seeds the selection rule needs"
-    assert record.pretrained_proxy_fid is not None and record.selection_rule
+    assert record.pretrained_proxy_fid is not None and record.proxy_shift == "transpose"
+    assert "FID above the pretrained proxy model's" in record.selection_rule and "transposed" in record.proxy
     for rows in by_method.values():
         assert all(len(c.proxy_accuracies) == len(c.proxy_fids) == 2 for c in rows)
         # the recorded per-seed results, put through the rule, give the recorded selection and rejections
         expected, reasons = select([CandidateScores(c.lr, c.proxy_accuracies, c.proxy_fids) for c in rows],
-                                   record.pretrained_proxy_fid)
+                                   record.pretrained_proxy_fid, FID_BAR_FACTOR["transpose"])
         assert [c.selected for c in rows] == [i == expected for i in range(len(rows))]
         assert [c.rejected for c in rows] == reasons
     for c in record.candidates:
@@ -77,7 +78,7 @@ def test_tune_reuses_finished_candidates_and_runs_only_what_is_new(tmp_path):
     path.write_text(yaml.safe_dump({**SUITE, "methods": [{"name": "bias", "lr": 0.01}]}))
     out = tmp_path / "out"
     assert main(["tune", str(path), "--lrs", "0.01", "--no-progress", "--results-dir", str(out)]) == 0
-    runs = out / "tunable" / "tune" / "runs"
+    runs = out / "tunable" / "tune-transpose" / "runs"
     first = runs / "bias-lr0.01-eps8-seed0" / "result.json"
     written = first.read_bytes()
     assert main(["tune", str(path), "--lrs", "0.01,0.03", "--seeds", "0,1", "--no-progress",
@@ -85,7 +86,7 @@ def test_tune_reuses_finished_candidates_and_runs_only_what_is_new(tmp_path):
     assert first.read_bytes() == written, "a finished candidate with the same settings is not run again"
     assert sorted(d.name for d in runs.iterdir()) == [f"bias-lr{lr}-eps8-seed{s}" for lr in ("0.01", "0.03")
                                                       for s in (0, 1)]
-    record = read_model(out / "tunable" / "tune" / "tune.json", TuneResult)
+    record = read_model(out / "tunable" / "tune-transpose" / "tune.json", TuneResult)
     assert [len(c.run_ids) for c in record.candidates] == [2, 2]
     # other settings (here T) make the old run stale: it runs again instead of being reused
     changed = {**SUITE, "methods": [{"name": "bias", "lr": 0.01}]}
@@ -114,6 +115,23 @@ def test_the_proxy_renames_its_classes_so_the_pretrained_embedding_is_not_alread
     assert torch.equal(y, x[:, 0, 0, 0].long() % 10), "pretraining keeps the public names"
     used = torch.cat([splits[n][0][:, 0, 0, 0] for n in ("train", "test", "pretrain")])
     assert len(used.unique()) == len(used) and len(splits["train"][0]) == 1437, "disjoint splits, N examples"
+
+
+def test_the_default_proxy_transposes_its_private_and_test_images_but_not_the_pretraining_ones():
+    """The proxy model must not already draw the proxy's images (the private task's images are shapes the
+    public model never drew); `none` keeps the earlier, unshifted proxy."""
+    import torch
+
+    from dpbench.runner.tune import proxy_split
+
+    gen = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(5000, 1, 4, 4, generator=gen), torch.arange(5000) % 10
+    shifted, unshifted = proxy_split(images, labels, 10, 1437), proxy_split(images, labels, 10, 1437, "none")
+    for name in ("train", "test"):
+        assert torch.equal(shifted[name][0], unshifted[name][0].transpose(-1, -2))
+        assert not torch.equal(shifted[name][0], unshifted[name][0])
+        assert torch.equal(shifted[name][1], unshifted[name][1])
+    assert torch.equal(shifted["pretrain"][0], unshifted["pretrain"][0])
 
 
 def test_bad_number_lists_are_one_line_user_errors(tmp_path, capsys):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-from dpbench.runner.tune_selection import SEED_DISAGREEMENT, CandidateScores, rejection, select
+from dpbench.runner.tune_selection import FID_BAR_FACTOR, SEED_DISAGREEMENT, CandidateScores, rejection, select
 
 PRETRAINED_FID = 80.0
+UNSHIFTED, TRANSPOSED = FID_BAR_FACTOR["none"], FID_BAR_FACTOR["transpose"]
 
 
 def scores(lr, accuracies, fids=None, failed=0):
@@ -17,27 +18,39 @@ def test_the_best_mean_is_rejected_when_one_seed_diverges():
     # mnist10k-cpu's full fine-tuning: a high mean carried by one lucky seed, another seed's FID far above pretrained
     unstable = scores(0.004, [0.46, 0.44], fids=[15.0, 206.0])
     stable = scores(0.002, [0.40, 0.41])
-    chosen, reasons = select([stable, unstable], PRETRAINED_FID)
+    chosen, reasons = select([stable, unstable], PRETRAINED_FID, UNSHIFTED)
     assert chosen == 0
     assert "above 2x the pretrained" in reasons[1] and reasons[0] is None
 
 
 def test_a_fid_somewhat_above_the_pretrained_floor_is_kept():
     """On the proxy the pretrained model already draws the images: its FID is a floor, not a bar."""
-    assert rejection(scores(0.01, [0.6, 0.62], fids=[1.5 * PRETRAINED_FID, 1.9 * PRETRAINED_FID]), PRETRAINED_FID) is None
-    assert rejection(scores(0.01, [0.6, 0.62], fids=[1.5 * PRETRAINED_FID, 2.1 * PRETRAINED_FID]), PRETRAINED_FID)
+    assert rejection(scores(0.01, [0.6, 0.62], fids=[1.5 * PRETRAINED_FID, 1.9 * PRETRAINED_FID]), PRETRAINED_FID, UNSHIFTED) is None
+    assert rejection(scores(0.01, [0.6, 0.62], fids=[1.5 * PRETRAINED_FID, 2.1 * PRETRAINED_FID]), PRETRAINED_FID, UNSHIFTED)
+
+
+def test_on_the_transposed_proxy_the_bar_is_the_pretrained_fid_itself():
+    """There the proxy model starts far from the proxy images, as on the private task: a candidate that ends
+    above where it started degraded the generator (the rule issue 23 asked for)."""
+    assert TRANSPOSED == 1
+    assert rejection(scores(0.01, [0.6, 0.62], fids=[40.0, 79.0]), PRETRAINED_FID, TRANSPOSED) is None
+    reason = rejection(scores(0.01, [0.6, 0.62], fids=[40.0, 81.0]), PRETRAINED_FID, TRANSPOSED)
+    assert reason == "a seed's proxy FID 81.0 is above the pretrained proxy model's 80.0"
+    chosen, _ = select([scores(0.004, [0.46, 0.44], fids=[15.0, 1.5 * PRETRAINED_FID]), scores(0.002, [0.40, 0.41])],
+                       PRETRAINED_FID, TRANSPOSED)
+    assert chosen == 1, "1.5x the pretrained FID passes the unshifted bar but not the transposed one"
 
 
 def test_disagreeing_seeds_are_rejected():
     spread = SEED_DISAGREEMENT + 0.05
-    chosen, reasons = select([scores(0.01, [0.5, 0.5 + spread]), scores(0.02, [0.45, 0.46])], PRETRAINED_FID)
+    chosen, reasons = select([scores(0.01, [0.5, 0.5 + spread]), scores(0.02, [0.45, 0.46])], PRETRAINED_FID, UNSHIFTED)
     assert chosen == 1 and reasons[0].startswith("seeds disagree")
 
 
 def test_one_seed_is_not_enough_and_failed_seeds_reject():
-    assert "needs 2" in rejection(scores(0.01, [0.6]), PRETRAINED_FID)
-    assert "failed" in rejection(scores(0.01, [0.6, 0.6], failed=1), PRETRAINED_FID)
-    chosen, _ = select([scores(0.01, [0.6])], PRETRAINED_FID)
+    assert "needs 2" in rejection(scores(0.01, [0.6]), PRETRAINED_FID, UNSHIFTED)
+    assert "failed" in rejection(scores(0.01, [0.6, 0.6], failed=1), PRETRAINED_FID, UNSHIFTED)
+    chosen, _ = select([scores(0.01, [0.6])], PRETRAINED_FID, UNSHIFTED)
     assert chosen is None
 
 
@@ -45,9 +58,9 @@ def test_the_smaller_lr_is_preferred_within_noise_but_not_beyond():
     best = scores(0.04, [0.55, 0.59])          # mean 0.57, standard error 0.02
     close = scores(0.02, [0.54, 0.56])         # mean 0.55: 0.02 below, noise √(0.02² + 0.01²) ≈ 0.022
     far = scores(0.01, [0.45, 0.47])           # clearly worse
-    assert select([far, close, best], PRETRAINED_FID)[0] == 1
+    assert select([far, close, best], PRETRAINED_FID, UNSHIFTED)[0] == 1
     worse = scores(0.02, [0.50, 0.52])         # 0.06 below the best: beyond noise
-    assert select([far, worse, best], PRETRAINED_FID)[0] == 2
+    assert select([far, worse, best], PRETRAINED_FID, UNSHIFTED)[0] == 2
 
 
 def test_standard_error_over_seeds():

@@ -21,7 +21,7 @@ def cmd_tune(args) -> int:
     folder, record = in_file(settings.suite_path, tune, settings, methods=methods or None, epsilon=epsilon,
                              lrs=numbers(args.lrs, "--lrs", float),
                              lr_factors=numbers(args.lr_factors, "--lr-factors", float),
-                             seeds=numbers(args.seeds, "--seeds", int))
+                             seeds=numbers(args.seeds, "--seeds", int), proxy_shift=args.proxy_shift)
     rows = [[c.method_label, c.lr, c.clipping, "—" if c.proxy_accuracy is None else f"{c.proxy_accuracy:.3f}",
              " ".join(f"{a:.3f}" for a in c.proxy_accuracies) or "—",
              "—" if not c.proxy_fids else f"{max(c.proxy_fids):.1f}",

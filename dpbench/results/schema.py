@@ -378,7 +378,7 @@ class TuneCandidate(Record):
     method: str
     lr: float
     clipping: str = Field(description="auto, quantile, or the fixed C as a number")
-    run_ids: list[str] = Field(default_factory=list, description="the proxy runs (tune/runs/<run_id>)")
+    run_ids: list[str] = Field(default_factory=list, description="the proxy runs (tune-<shift>/runs/<run_id>)")
     proxy_accuracy: Optional[float] = Field(None, description="mean downstream accuracy on the proxy test split")
     proxy_fid: Optional[float] = None
     proxy_accuracies: list[float] = Field(default_factory=list, description="per finished proxy seed")
@@ -394,6 +394,8 @@ class TuneResult(Provenance):
     kind: Literal["dpbench-tune"] = "dpbench-tune"
     suite: str
     proxy: str = Field(description="how the proxy task was built from the public data")
+    proxy_shift: Optional[str] = Field(None, description="transpose or none: how the proxy's private and test images "
+                                       "differ from its pretraining images (None: written before the option, none)")
     epsilon: Epsilon = Field(description="the ε the sweep ran at (the suite's q and T)")
     seeds: list[int]
     candidates: list[TuneCandidate]

@@ -14,16 +14,25 @@ training set, shuffled with a fixed seed, is split into
 Labels are the public classes, renamed by a fixed derangement (no class keeps its number): the private
 class embedding starts from the public rows (private class i from public class i), which on an
 unrenamed proxy would already be right, and the proxy would measure nothing. Renamed, the method must
-learn under DP which class generates what, as on the real task — though the proxy's classes are
-shapes the model already draws, so it is an easier task than learning new ones. With more public
-classes than private ones, only the first K public classes are kept. Every candidate (method × lr × C) is a
+learn under DP which class generates what, as on the real task. With more public classes than private
+ones, only the first K public classes are kept.
+
+The proxy's private and test images are also **shifted** (``--proxy-shift``, :data:`PROXY_SHIFTS`) so that
+the proxy model, pretrained on the unshifted pretraining split, does not already draw them: the private
+task's images are shapes the public model never drew (Fashion-MNIST → digits), and a proxy whose images
+the model already draws is an easier task that favours small steps (mnist10k-cpu's unshifted proxy: the
+pretrained proxy model's FID 8.1; its rule-picked rates, applied to the private task by peft-zoo-cpu, sat
+at the grid's low edge for 8 of 11 methods). The default shift transposes every proxy image (rows become
+columns): the same N, classes, chance level, q, σ and T, images of the same kind, but in shapes the proxy
+model has to learn. It was chosen for those properties, before any tune on it ran; ``none`` keeps the
+images as they are (the proxy of the suites' earlier sweeps). Every candidate (method × lr × C) is a
 real run of the suite's DP loop, at two seeds by default; one candidate per method is selected by the rule of
 dpbench/runner/tune_selection.py (candidates whose FID ends above twice the pretrained proxy model's on a
 seed, or whose seeds disagree, are set aside; then the smallest lr within noise of the best mean proxy
 accuracy). A candidate run already finished
 with the same settings (its config hash) is reused, so adding seeds or learning rates later runs only
 what is new. Output under
-``<results>/<suite>/tune/``: the runs, ``tune.json`` (:class:`dpbench.results.TuneResult`) and
+``<results>/<suite>/tune-<shift>/``: the runs, ``tune.json`` (:class:`dpbench.results.TuneResult`) and
 ``<suite>-tuned.yaml``, the suite with the selected values and a header saying where they came from.
 """
 
@@ -42,7 +51,7 @@ from dpbench.errors import UserError
 from dpbench.results import (TuneCandidate, TuneResult, check_name, display_epsilon, format_epsilon, load_results,
                              parse_epsilon, run_dir, write_bytes_atomic, write_model)
 from dpbench.runner.context import RunContext, RunnerSettings
-from dpbench.runner.tune_selection import MIN_SEEDS, RULE, CandidateScores, select
+from dpbench.runner.tune_selection import FID_BAR_FACTOR, MIN_SEEDS, CandidateScores, rule, select
 
 log = logging.getLogger("dpbench")
 
@@ -51,6 +60,10 @@ DEFAULT_SEEDS = tuple(range(MIN_SEEDS))  # the selection rule needs this many se
 DEFAULT_LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 FIXED_LR_FACTORS = (0.25, 1.0, 4.0)
 FIXED_C_FACTORS = (0.01, 0.1, 1.0)
+# How the proxy's private and test images differ from its pretraining images (module docstring).
+PROXY_SHIFTS = {"transpose": "images transposed (rows become columns): shapes the proxy model never drew",
+                "none": "images unshifted: the proxy model already draws them"}
+DEFAULT_PROXY_SHIFT = "transpose"
 
 
 def derangement(n: int) -> torch.Tensor:
@@ -62,8 +75,10 @@ def derangement(n: int) -> torch.Tensor:
             return perm
 
 
-def proxy_split(images: torch.Tensor, labels: torch.Tensor, num_classes: int, train_size: int) -> dict:
-    """Disjoint proxy splits of the public data: pretrain, train (N examples), test."""
+def proxy_split(images: torch.Tensor, labels: torch.Tensor, num_classes: int, train_size: int,
+                shift: str = DEFAULT_PROXY_SHIFT) -> dict:
+    """Disjoint proxy splits of the public data: pretrain, train (N examples), test; train and test
+    renamed and shifted (:data:`PROXY_SHIFTS`), pretrain as it is."""
     keep = labels < num_classes
     if int(labels.max()) + 1 < num_classes:
         raise UserError(f"tune: the public data has {int(labels.max()) + 1} classes, fewer than the private data's "
@@ -78,7 +93,13 @@ def proxy_split(images: torch.Tensor, labels: torch.Tensor, num_classes: int, tr
              "pretrain": order[train_size + test_size:]}
     # The proxy model is pretrained on the public names; the proxy task renames its classes.
     rename = {"train": derangement(num_classes), "test": derangement(num_classes), "pretrain": torch.arange(num_classes)}
-    return {name: (images[idx], rename[name][labels[idx]]) for name, idx in parts.items()}
+    splits = {name: (images[idx], rename[name][labels[idx]]) for name, idx in parts.items()}
+    if shift == "transpose":
+        splits.update({name: (splits[name][0].transpose(-1, -2).contiguous(), splits[name][1])
+                       for name in ("train", "test")})
+    elif shift != "none":
+        raise UserError(f"--proxy-shift {shift}: unknown; give one of {', '.join(PROXY_SHIFTS)}")
+    return splits
 
 
 def candidates(method: MethodSpec, suite: Suite, lrs: list[float] | None,
@@ -100,7 +121,7 @@ def _label(method: MethodSpec, lr: float, clipping) -> str:
 
 def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon: str | None = None,
          lrs: list[float] | None = None, lr_factors: list[float] | None = None,
-         seeds: list[int] | None = None) -> tuple[Path, TuneResult]:
+         seeds: list[int] | None = None, proxy_shift: str = DEFAULT_PROXY_SHIFT) -> tuple[Path, TuneResult]:
     """Sweep each chosen method's candidates on the proxy task; write ``tune.json`` and the tuned suite."""
     from dpbench.data.base import dataset_num_classes, dataset_train_size, load_dataset
     from dpbench.provenance import provenance
@@ -116,23 +137,28 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     n, _ = dataset_train_size(suite.data.private, private_root)  # N is public (threat model); no private data loaded
     num_classes = dataset_num_classes(suite.data.private, private_root)
     public_root = suite.data_root(public, settings.data_root)
-    splits = proxy_split(*load_dataset(public, public_root, "train", download=suite.data.download), num_classes, n)
+    if proxy_shift not in PROXY_SHIFTS:  # before any data is loaded
+        raise UserError(f"--proxy-shift {proxy_shift}: unknown; give one of {', '.join(PROXY_SHIFTS)}")
+    splits = proxy_split(*load_dataset(public, public_root, "train", download=suite.data.download), num_classes, n,
+                         proxy_shift)
     proxies = {m.method_label: [MethodSpec(name=m.name, label=_label(m, lr, c), options=m.options, lr=lr, max_grad_norm=c)
                        for lr, c in candidates(m, suite, lrs, lr_factors)] for m in chosen}
     proxy_suite = _proxy_suite(suite, [p for group in proxies.values() for p in group], eps, seeds)
     device = resolve_device(settings.device or suite.device)
-    ctx = _proxy_context(settings, proxy_suite, splits, num_classes, device)
+    ctx = _proxy_context(settings, proxy_suite, splits, num_classes, device, proxy_shift)
     log.info("dpbench tune: %d candidates × %d seed(s) at ε=%s on a proxy of %s (N=%d, test %d, pretrain %d)",
              len(proxy_suite.methods), len(proxy_suite.seeds), display_epsilon(eps), public.name, n, len(ctx.test[0]),
              len(splits["pretrain"][0]))
     pretrained_fid = _pretrained_proxy_fid(ctx)
-    rows = _rank(chosen, proxies, _run_candidates(ctx, n), pretrained_fid)
+    fid_factor = FID_BAR_FACTOR[proxy_shift]
+    rows = _rank(chosen, proxies, _run_candidates(ctx, n), pretrained_fid, fid_factor)
     tuned_name = f"{suite.name}-tuned.yaml"
     proxy = (f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, {len(ctx.test[0])} proxy-test, "
              f"{len(splits['pretrain'][0])} pretraining examples; classes 0..{num_classes - 1} renamed by a fixed "
-             "derangement")
+             f"derangement; proxy {PROXY_SHIFTS[proxy_shift]}")
     record = TuneResult(suite=suite.name, proxy=proxy, epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
-                        pretrained_proxy_fid=pretrained_fid, selection_rule=RULE, tuned_suite=tuned_name,
+                        proxy_shift=proxy_shift, pretrained_proxy_fid=pretrained_fid,
+                        selection_rule=rule(fid_factor), tuned_suite=tuned_name,
                         **provenance(device))
     write_model(ctx.results_dir / "tune.json", record, inside=ctx.results_dir)
     write_bytes_atomic(ctx.results_dir / tuned_name,
@@ -170,13 +196,14 @@ def _proxy_suite(suite: Suite, proxy_methods: list[MethodSpec], eps: float, seed
 
 
 def _proxy_context(settings: RunnerSettings, proxy_suite: Suite, splits: dict, num_classes: int,
-                   device) -> RunContext:
-    """The run context of the proxy task, results under ``<results>/<suite>/tune/``, with the proxy model
-    pretrained (cached) on the proxy's pretraining split."""
+                   device, proxy_shift: str) -> RunContext:
+    """The run context of the proxy task, results under ``<results>/<suite>/tune-<shift>/`` (one folder per
+    shift: a candidate's runs are only reused on the same proxy), with the proxy model pretrained (cached) on
+    the proxy's pretraining split, which no shift touches."""
     from dpbench.models.pretrain import pretrain_cached, pretrain_spec
 
     suite = settings.suite
-    tune_dir = Path(settings.results_root) / check_name(suite.name, "name") / "tune"
+    tune_dir = Path(settings.results_root) / check_name(suite.name, "name") / f"tune-{proxy_shift}"
     ctx = RunContext(settings, proxy_suite, device, tune_dir)
     ctx.train, ctx.test, ctx.num_classes = splits["train"], splits["test"], num_classes
     n = len(ctx.train[0])
@@ -217,7 +244,7 @@ def _run_candidates(ctx: RunContext, n: int) -> dict:
 
 
 def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], results: dict,
-          pretrained_fid: Optional[float]) -> list[TuneCandidate]:
+          pretrained_fid: Optional[float], fid_factor: float) -> list[TuneCandidate]:
     """One row per candidate, with its per-seed proxy results; the rule of runner/tune_selection.py marks
     at most one of each method selected (none when it rejects them all)."""
     rows = []
@@ -235,7 +262,7 @@ def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], result
                                        proxy_accuracy=scores[-1].mean_accuracy,
                                        proxy_fid=sum(fids) / len(fids) if fids else None,
                                        proxy_accuracies=accuracies, proxy_fids=fids))
-        chosen_index, reasons = select(scores, pretrained_fid)
+        chosen_index, reasons = select(scores, pretrained_fid, fid_factor)
         for row, reason in zip(group, reasons):
             row.rejected = reason
         if chosen_index is None:
