@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -50,7 +51,12 @@ def test_ray_grid_gives_the_results_of_the_local_executor(tmp_path, ray_cluster)
     local = _write_suite(tmp_path, "local.yaml", privacy=REPRODUCIBLE, methods=[{"name": "bias", "lr": 0.01}])
     on_ray = _write_suite(tmp_path, "ray.yaml", privacy=REPRODUCIBLE, methods=[{"name": "bias", "lr": 0.01}],
                           executor=RAY_ON_CPU)
-    assert _run(local, str(tmp_path / "local")) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray run (cpus_per_run 1): sums in the same order, the same weights
+    try:
+        assert _run(local, str(tmp_path / "local")) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert _run(on_ray, str(tmp_path / "ray")) == 0
     a = {r.run_id: r for r in load_results(tmp_path / "local" / "micro")}
     b = {r.run_id: r for r in load_results(tmp_path / "ray" / "micro")}
@@ -62,6 +68,10 @@ def test_ray_grid_gives_the_results_of_the_local_executor(tmp_path, ray_cluster)
         wa, wb = _trainable(tmp_path / "local" / "micro", run_id), _trainable(tmp_path / "ray" / "micro", run_id)
         assert all(torch.equal(wa[k], wb[k]) for k in wa), run_id
     assert (tmp_path / "ray" / "micro" / "baselines.json").is_file()
+    # the pretraining/baselines task has the node's 2 CPUs (nothing else runs yet), each run cpus_per_run
+    baselines = json.loads((tmp_path / "ray" / "micro" / "baselines.json").read_text())
+    assert baselines["device"].endswith("x2 threads"), baselines["device"]
+    assert all(r.device.endswith("x1 threads") for r in b.values()), [r.device for r in b.values()]
     assert len((tmp_path / "ray" / "micro" / "results.csv").read_text().splitlines()) == 1 + len(b)
 
 

@@ -32,8 +32,16 @@ log = logging.getLogger("dpbench")
 
 
 def _set_up_worker(working_dir: str, plugins: dict) -> None:
+    import ray
+    import torch
+
     from dpbench.registry import add_objects
 
+    # torch's thread pool as large as the task's CPUs: Ray reuses a worker process across tasks of other
+    # sizes, so OMP_NUM_THREADS from the worker's first task would not do (the pretraining task has a node's
+    # CPUs, a run task cpus_per_run).
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
     if Path(working_dir).is_dir():  # relative paths inside the suite mean what they mean to the driver
         os.chdir(working_dir)
     logging.getLogger("dpbench").setLevel(logging.INFO)  # what run_one logs goes to the run's run.log
@@ -105,9 +113,9 @@ class RayExecutor(Executor):
                             f"{available.get('CPU', 0):g} — lower it")
         return ray
 
-    def _task(self, ray, fn):
+    def _task(self, ray, fn, cpus: float | None = None):
         env = {name: os.environ[name] for name in ("DPBENCH_DATA",) if name in os.environ}
-        return ray.remote(fn).options(num_gpus=self.config.gpus_per_run, num_cpus=self.config.cpus_per_run,
+        return ray.remote(fn).options(num_gpus=self.config.gpus_per_run, num_cpus=cpus or self.config.cpus_per_run,
                                       max_retries=self.config.max_retries,
                                       runtime_env={"env_vars": env} if env else None)
 
@@ -126,9 +134,12 @@ class RayExecutor(Executor):
         from dpbench.registry import added_objects
 
         ray = self._ray()
-        log.info("dpbench: ray: pretraining (or loading) the model and computing the baselines in a task")
+        # Nothing else runs yet: the pretraining task takes every CPU of the largest node, not cpus_per_run
+        # (on 2 cores with cpus_per_run 1, the other core would idle through the public pretraining).
+        cpus = max([self.config.cpus_per_run] + [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]])
+        log.info("dpbench: ray: pretraining (or loading) the model and computing the baselines in a task (%g CPUs)", cpus)
         try:
-            ray.get(self._task(ray, prepare_task).remote(self._worker_settings(ctx), os.getcwd(), added_objects()))
+            ray.get(self._task(ray, prepare_task, cpus).remote(self._worker_settings(ctx), os.getcwd(), added_objects()))
         except ray.exceptions.RayTaskError as err:
             if isinstance(_cause(err), UserError):
                 raise _cause(err) from None
