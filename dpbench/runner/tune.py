@@ -61,8 +61,11 @@ DEFAULT_LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 FIXED_LR_FACTORS = (0.25, 1.0, 4.0)
 FIXED_C_FACTORS = (0.01, 0.1, 1.0)
 # How the proxy's private and test images differ from its pretraining images (module docstring).
-PROXY_SHIFTS = {"transpose": "images transposed (rows become columns): shapes the proxy model never drew",
-                "none": "images unshifted: the proxy model already draws them"}
+PROXY_SHIFTS = {
+    "transpose": ("images transposed (rows become columns): shapes the proxy model never drew",
+                  lambda images: images.transpose(-1, -2).contiguous()),
+    "none": ("images unshifted: the proxy model already draws them", lambda images: images),
+}  # name: (description, the shift applied to the proxy's private and test images)
 DEFAULT_PROXY_SHIFT = "transpose"
 
 
@@ -94,12 +97,8 @@ def proxy_split(images: torch.Tensor, labels: torch.Tensor, num_classes: int, tr
     # The proxy model is pretrained on the public names; the proxy task renames its classes.
     rename = {"train": derangement(num_classes), "test": derangement(num_classes), "pretrain": torch.arange(num_classes)}
     splits = {name: (images[idx], rename[name][labels[idx]]) for name, idx in parts.items()}
-    if shift == "transpose":
-        splits.update({name: (splits[name][0].transpose(-1, -2).contiguous(), splits[name][1])
-                       for name in ("train", "test")})
-    elif shift != "none":
-        raise UserError(f"--proxy-shift {shift}: unknown; give one of {', '.join(PROXY_SHIFTS)}")
-    return splits
+    _, shifted = PROXY_SHIFTS[shift]
+    return {**splits, **{name: (shifted(splits[name][0]), splits[name][1]) for name in ("train", "test")}}
 
 
 def candidates(method: MethodSpec, suite: Suite, lrs: list[float] | None,
@@ -155,7 +154,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     tuned_name = f"{suite.name}-tuned.yaml"
     proxy = (f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, {len(ctx.test[0])} proxy-test, "
              f"{len(splits['pretrain'][0])} pretraining examples; classes 0..{num_classes - 1} renamed by a fixed "
-             f"derangement; proxy {PROXY_SHIFTS[proxy_shift]}")
+             f"derangement; proxy {PROXY_SHIFTS[proxy_shift][0]}")
     record = TuneResult(suite=suite.name, proxy=proxy, epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
                         proxy_shift=proxy_shift, pretrained_proxy_fid=pretrained_fid,
                         selection_rule=rule(fid_factor), tuned_suite=tuned_name,
