@@ -52,7 +52,9 @@ def test_ray_grid_gives_the_results_of_the_local_executor(tmp_path, ray_cluster)
     on_ray = _write_suite(tmp_path, "ray.yaml", privacy=REPRODUCIBLE, methods=[{"name": "bias", "lr": 0.01}],
                           executor=RAY_ON_CPU)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray run (cpus_per_run 1): sums in the same order, the same weights
+    # As each Ray run (cpus_per_run 1): sums in the same order, the same weights. The pretrained model is
+    # the local run's for both (the cache is shared), though Ray's pretraining task would have 2 threads.
+    torch.set_num_threads(1)
     try:
         assert _run(local, str(tmp_path / "local")) == 0
     finally:

@@ -67,3 +67,18 @@ def test_standard_error_over_seeds():
     s = scores(0.01, [0.4, 0.5, 0.6])
     assert math.isclose(s.standard_error, 0.1 / math.sqrt(3))
     assert scores(0.01, [0.4]).standard_error == math.inf
+
+
+def test_every_proxy_shift_has_a_fid_bar_and_a_cli_choice():
+    """A shift added to tune.PROXY_SHIFTS alone would fail only after the proxy model is pretrained."""
+    from dpbench.cli import build_parser
+    from dpbench.runner.tune import PROXY_SHIFTS
+    from dpbench.runner.tune_selection import rule
+
+    assert set(PROXY_SHIFTS) == set(FID_BAR_FACTOR)
+    parser = build_parser()
+    assert parser.parse_args(["tune", "quickstart"]).proxy_shift == "transpose"
+    for name in PROXY_SHIFTS:
+        assert parser.parse_args(["tune", "quickstart", "--proxy-shift", name]).proxy_shift == name
+    assert "above the pretrained proxy model's" in rule(FID_BAR_FACTOR["transpose"])
+    assert "above 2x the pretrained proxy model's" in rule(FID_BAR_FACTOR["none"])

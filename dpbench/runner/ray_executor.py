@@ -134,9 +134,11 @@ class RayExecutor(Executor):
         from dpbench.registry import added_objects
 
         ray = self._ray()
-        # Nothing else runs yet: the pretraining task takes every CPU of the largest node, not cpus_per_run
-        # (on 2 cores with cpus_per_run 1, the other core would idle through the public pretraining).
-        cpus = max([self.config.cpus_per_run] + [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]])
+        # Nothing else of this suite runs yet: the pretraining task takes every CPU of the largest node that
+        # has the GPUs a run needs, not cpus_per_run (on 2 cores with cpus_per_run 1, the other core would
+        # idle through the public pretraining). A node without those GPUs could never take the task.
+        cpus = max([self.config.cpus_per_run] + [node["Resources"].get("CPU", 0) for node in ray.nodes()
+                                                 if node["Alive"] and node["Resources"].get("GPU", 0) >= self.config.gpus_per_run])
         log.info("dpbench: ray: pretraining (or loading) the model and computing the baselines in a task (%g CPUs)", cpus)
         try:
             ray.get(self._task(ray, prepare_task, cpus).remote(self._worker_settings(ctx), os.getcwd(), added_objects()))

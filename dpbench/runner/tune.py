@@ -27,9 +27,9 @@ columns): the same N, classes, chance level, q, σ and T, images of the same kin
 model has to learn. It was chosen for those properties, before any tune on it ran; ``none`` keeps the
 images as they are (the proxy of the suites' earlier sweeps). Every candidate (method × lr × C) is a
 real run of the suite's DP loop, at two seeds by default; one candidate per method is selected by the rule of
-dpbench/runner/tune_selection.py (candidates whose FID ends above twice the pretrained proxy model's on a
-seed, or whose seeds disagree, are set aside; then the smallest lr within noise of the best mean proxy
-accuracy). A candidate run already finished
+dpbench/runner/tune_selection.py (candidates whose FID ends above the pretrained proxy model's on a seed —
+twice it on the unshifted proxy — or whose seeds disagree, are set aside; then the smallest lr within noise
+of the best mean proxy accuracy). A candidate run already finished
 with the same settings (its config hash) is reused, so adding seeds or learning rates later runs only
 what is new. Output under
 ``<results>/<suite>/tune-<shift>/``: the runs, ``tune.json`` (:class:`dpbench.results.TuneResult`) and
@@ -127,6 +127,8 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     from dpbench.runner.devices import resolve_device
 
     suite = settings.suite
+    if proxy_shift not in PROXY_SHIFTS:  # before anything is read
+        raise UserError(f"--proxy-shift {proxy_shift}: unknown; give one of {', '.join(PROXY_SHIFTS)}")
     eps, chosen = _tune_target(settings, methods, epsilon)
     if seeds is not None and len(set(seeds)) < MIN_SEEDS:
         raise UserError(f"--seeds {','.join(map(str, seeds))}: the selection rule needs {MIN_SEEDS} seeds per candidate "
@@ -136,8 +138,6 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     n, _ = dataset_train_size(suite.data.private, private_root)  # N is public (threat model); no private data loaded
     num_classes = dataset_num_classes(suite.data.private, private_root)
     public_root = suite.data_root(public, settings.data_root)
-    if proxy_shift not in PROXY_SHIFTS:  # before any data is loaded
-        raise UserError(f"--proxy-shift {proxy_shift}: unknown; give one of {', '.join(PROXY_SHIFTS)}")
     splits = proxy_split(*load_dataset(public, public_root, "train", download=suite.data.download), num_classes, n,
                          proxy_shift)
     proxies = {m.method_label: [MethodSpec(name=m.name, label=_label(m, lr, c), options=m.options, lr=lr, max_grad_norm=c)
