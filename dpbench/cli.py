@@ -199,7 +199,9 @@ def _add_tune_parser(sub) -> None:
                    "(default 0.25,0.5,1,2,4; with a fixed C: 0.25,1,4 × C·(0.01,0.1,1))")
     p.add_argument("--seeds", default=None,
                    help="comma-separated fine-tuning seeds per candidate (default 0,1: the selection rule needs two)")
-    p.add_argument("--proxy-shift", choices=("transpose", "none"), default="transpose",
+    from dpbench.runner.tune_selection import DEFAULT_PROXY_SHIFT, PROXY_SHIFTS  # torch-free: parsing stays fast
+
+    p.add_argument("--proxy-shift", choices=tuple(PROXY_SHIFTS), default=DEFAULT_PROXY_SHIFT,
                    help="how the proxy's private and test images differ from its pretraining images: transposed "
                    "(default: shapes the proxy model never drew, as on the private task) or none")
     p.add_argument("--results-dir", default="results", help="results root; the sweep goes to DIR/<suite>/tune-<shift>/")

@@ -8,7 +8,7 @@ import yaml
 
 from dpbench.cli import main
 from dpbench.results import TuneResult, read_model
-from dpbench.runner.tune_selection import FID_BAR_FACTOR, CandidateScores, select
+from dpbench.runner.tune_selection import PROXY_SHIFTS, CandidateScores, select
 
 SUITE = {
     "name": "tunable",
@@ -55,7 +55,7 @@ def test_tune_selects_on_a_public_proxy_and_writes_a_tuned_suite(tmp_path, monke
         assert all(len(c.proxy_accuracies) == len(c.proxy_fids) == 2 for c in rows)
         # the recorded per-seed results, put through the rule, give the recorded selection and rejections
         expected, reasons = select([CandidateScores(c.lr, c.proxy_accuracies, c.proxy_fids) for c in rows],
-                                   record.pretrained_proxy_fid, FID_BAR_FACTOR["transpose"])
+                                   record.pretrained_proxy_fid, PROXY_SHIFTS["transpose"].fid_bar_factor)
         assert [c.selected for c in rows] == [i == expected for i in range(len(rows))]
         assert [c.rejected for c in rows] == reasons
     for c in record.candidates:

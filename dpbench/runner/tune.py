@@ -51,7 +51,8 @@ from dpbench.errors import UserError
 from dpbench.results import (TuneCandidate, TuneResult, check_name, display_epsilon, format_epsilon, load_results,
                              parse_epsilon, run_dir, write_bytes_atomic, write_model)
 from dpbench.runner.context import RunContext, RunnerSettings
-from dpbench.runner.tune_selection import FID_BAR_FACTOR, MIN_SEEDS, CandidateScores, rule, select
+from dpbench.runner.tune_selection import (DEFAULT_PROXY_SHIFT, MIN_SEEDS, PROXY_SHIFTS, CandidateScores, rule,
+                                          select)
 
 log = logging.getLogger("dpbench")
 
@@ -60,13 +61,6 @@ DEFAULT_SEEDS = tuple(range(MIN_SEEDS))  # the selection rule needs this many se
 DEFAULT_LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 FIXED_LR_FACTORS = (0.25, 1.0, 4.0)
 FIXED_C_FACTORS = (0.01, 0.1, 1.0)
-# How the proxy's private and test images differ from its pretraining images (module docstring).
-PROXY_SHIFTS = {
-    "transpose": ("images transposed (rows become columns): shapes the proxy model never drew",
-                  lambda images: images.transpose(-1, -2).contiguous()),
-    "none": ("images unshifted: the proxy model already draws them", lambda images: images),
-}  # name: (description, the shift applied to the proxy's private and test images)
-DEFAULT_PROXY_SHIFT = "transpose"
 
 
 def derangement(n: int) -> torch.Tensor:
@@ -97,7 +91,7 @@ def proxy_split(images: torch.Tensor, labels: torch.Tensor, num_classes: int, tr
     # The proxy model is pretrained on the public names; the proxy task renames its classes.
     rename = {"train": derangement(num_classes), "test": derangement(num_classes), "pretrain": torch.arange(num_classes)}
     splits = {name: (images[idx], rename[name][labels[idx]]) for name, idx in parts.items()}
-    _, shifted = PROXY_SHIFTS[shift]
+    shifted = PROXY_SHIFTS[shift].shift
     return {**splits, **{name: (shifted(splits[name][0]), splits[name][1]) for name in ("train", "test")}}
 
 
@@ -149,12 +143,12 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
              len(proxy_suite.methods), len(proxy_suite.seeds), display_epsilon(eps), public.name, n, len(ctx.test[0]),
              len(splits["pretrain"][0]))
     pretrained_fid = _pretrained_proxy_fid(ctx)
-    fid_factor = FID_BAR_FACTOR[proxy_shift]
+    fid_factor = PROXY_SHIFTS[proxy_shift].fid_bar_factor
     rows = _rank(chosen, proxies, _run_candidates(ctx, n), pretrained_fid, fid_factor)
     tuned_name = f"{suite.name}-tuned.yaml"
     proxy = (f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, {len(ctx.test[0])} proxy-test, "
              f"{len(splits['pretrain'][0])} pretraining examples; classes 0..{num_classes - 1} renamed by a fixed "
-             f"derangement; proxy {PROXY_SHIFTS[proxy_shift][0]}")
+             f"derangement; proxy {PROXY_SHIFTS[proxy_shift].description}")
     record = TuneResult(suite=suite.name, proxy=proxy, epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
                         proxy_shift=proxy_shift, pretrained_proxy_fid=pretrained_fid,
                         selection_rule=rule(fid_factor), tuned_suite=tuned_name,

@@ -7,11 +7,11 @@ looks at more than one seed, so a candidate is **rejected** when
 
 - fewer than :data:`MIN_SEEDS` proxy seeds finished (one seed cannot show instability),
 - any seed's proxy FID is above the pretrained proxy model's times the proxy's FID factor
-  (:data:`FID_BAR_FACTOR`: fine-tuning degraded the generator), or
+  (:attr:`ProxyShift.fid_bar_factor`: fine-tuning degraded the generator), or
 - its seeds' proxy accuracies span more than :data:`SEED_DISAGREEMENT` (the outcome is a coin toss).
 
 The FID bar depends on how far the proxy task starts from what the proxy model draws
-(dpbench/runner/tune.py, ``PROXY_SHIFTS``). On the **transposed** proxy (the default) the proxy model
+(:data:`PROXY_SHIFTS`, applied by dpbench/runner/tune.py). On the **transposed** proxy (the default) the proxy model
 draws shapes the proxy task does not contain, as on the private task, so its FID is a ceiling that a
 candidate which learned anything ends below: the bar is the pretrained FID itself (factor 1), the rule
 the issue asked for. On the **unshifted** proxy the pretrained model already draws the proxy images
@@ -31,12 +31,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 MIN_SEEDS = 2
 SEED_DISAGREEMENT = 0.10  # proxy accuracy, max − min over seeds
-# The FID bar as a multiple of the pretrained proxy model's FID, by the proxy's shift (see above).
-FID_BAR_FACTOR = {"transpose": 1.0, "none": 2.0}
+
+
+@dataclass(frozen=True)
+class ProxyShift:
+    """How the proxy's private and test images differ from its pretraining images, and what that makes of
+    the FID bar. One table, so the CLI's choices, the transform and the bar cannot drift apart."""
+
+    description: str
+    fid_bar_factor: float  # the FID bar as a multiple of the pretrained proxy model's FID (see above)
+    shift: Callable  # applied to the proxy's private and test images (tensors; torch is not imported here)
+
+
+PROXY_SHIFTS = {
+    "transpose": ProxyShift("images transposed (rows become columns): shapes the proxy model never drew", 1.0,
+                            lambda images: images.transpose(-1, -2).contiguous()),
+    "none": ProxyShift("images unshifted: the proxy model already draws them", 2.0, lambda images: images),
+}
+DEFAULT_PROXY_SHIFT = "transpose"
 
 
 def rule(fid_factor: float) -> str:
@@ -71,7 +87,7 @@ class CandidateScores:
 
 
 def rejection(scores: CandidateScores, pretrained_fid: Optional[float], fid_factor: float) -> Optional[str]:
-    """Why the candidate cannot be selected, or None; ``fid_factor``: :data:`FID_BAR_FACTOR` of the proxy."""
+    """Why the candidate cannot be selected, or None; ``fid_factor``: the proxy's :attr:`ProxyShift.fid_bar_factor`."""
     if scores.failed_seeds:
         return f"{scores.failed_seeds} proxy seed(s) failed"
     if len(scores.accuracies) < MIN_SEEDS:
