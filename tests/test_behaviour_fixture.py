@@ -54,6 +54,11 @@ def _suite() -> dict:
 
 
 RELATIVE = 1e-4
+# Parameters whose gradient is zero in exact arithmetic: a key bias adds q·b to every logit of a query's
+# row, and softmax ignores a constant shift. What they train on is rounding, which Adam scales up to
+# lr-sized steps, so their values differ from CPU to CPU by far more than RELATIVE (seen on an AMD EPYC
+# against the Xeon that wrote the fixture: 3e-3 relative, while every other number agreed).
+ROUNDING_ONLY = (".to_k.bias",)
 COUNT_SLACK = 0.03  # one of the 36 test images of a class; one of 60 samples for precision/recall
 COUNT_BASED = ("downstream_accuracies", "downstream_accuracy", "downstream_accuracy_std", "per_class_accuracy",
                "precision", "recall")
@@ -64,13 +69,24 @@ def _computed(results_dir: Path) -> dict:
     for run_dir in sorted((results_dir / "behaviour" / "runs").iterdir()):
         result = json.loads((run_dir / "result.json").read_text())
         tensors = load_file(run_dir / "trainable.safetensors")
-        sums = {name: [float(t.double().sum()), float(t.double().square().sum())] for name, t in sorted(tensors.items())}
+        sums = {name: [float(t.double().sum()), float(t.double().square().sum())] for name, t in sorted(tensors.items())
+                if not name.endswith(ROUNDING_ONLY)}
         out[run_dir.name] = {**{k: result.get(k) for k in COMPUTED}, "trainable_sums": sums}
     return out
 
 
 def _relative(got: float, expected: float) -> bool:
     return math.isclose(got, expected, rel_tol=RELATIVE, abs_tol=1e-12)
+
+
+def _same_tensor(got, expected: list) -> bool:
+    """A weight tensor's [sum, sum of squares]: the sum of a tensor whose entries are small and of both signs
+    (a LoRA B that starts at 0) cancels, so its rounding is judged against the tensor's norm, not the sum."""
+    if got is None:
+        return False
+    scale = math.sqrt(max(expected[1], 0.0))
+    return (math.isclose(got[1], expected[1], rel_tol=RELATIVE, abs_tol=1e-12)
+            and abs(got[0] - expected[0]) <= 10 * RELATIVE * scale + 1e-12)
 
 
 def _counted(got: float, expected: float) -> bool:
@@ -115,9 +131,14 @@ def _check(tmp_path) -> None:
         FIXTURE.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     expected = json.loads(FIXTURE.read_text())
     assert sorted(got) == sorted(expected)
-    changed = [d for run_id in expected for key in expected[run_id]
+    for run in expected.values():  # written before ROUNDING_ONLY existed
+        run["trainable_sums"] = {k: v for k, v in run["trainable_sums"].items() if not k.endswith(ROUNDING_ONLY)}
+    changed = [d for run_id in expected for key in expected[run_id] if key != "trainable_sums"
                for d in _differences(got[run_id][key], expected[run_id][key], f"{run_id}.{key}",
                                      _counted if key in COUNT_BASED else _relative)]
+    changed += [f"{run_id}.{name}: sum, sum of squares {got[run_id]['trainable_sums'].get(name)} != {sums}"
+                for run_id in expected for name, sums in expected[run_id]["trainable_sums"].items()
+                if not _same_tensor(got[run_id]["trainable_sums"].get(name), sums)]
     assert not changed, "behaviour changed:\n" + "\n".join(changed[:20])
 
 
@@ -133,3 +154,8 @@ def test_the_comparison_sees_a_change_beyond_rounding():
                             expected, "run", _relative)) == 1
     assert _differences([0.0694], [0.0667], "acc", _counted) == []
     assert _differences([0.1], [0.0667], "acc", _counted) == ["acc[0]: 0.1 != 0.0667"]
+    # a cancelling sum (small entries of both signs) is judged against the tensor's norm, a real move is not
+    assert _same_tensor([0.0033262, 2.40939e-4], [0.0033230, 2.40957e-4])
+    assert not _same_tensor([0.0043230, 2.40957e-4], [0.0033230, 2.40957e-4])
+    assert not _same_tensor([0.0033230, 2.45e-4], [0.0033230, 2.40957e-4])
+    assert not _same_tensor(None, [0.0033230, 2.40957e-4])
