@@ -136,6 +136,8 @@ def _check(tmp_path) -> None:
     changed = [d for run_id in expected for key in expected[run_id] if key != "trainable_sums"
                for d in _differences(got[run_id][key], expected[run_id][key], f"{run_id}.{key}",
                                      _counted if key in COUNT_BASED else _relative)]
+    changed += [f"{run_id}.trainable_sums: keys {sorted(got[run_id]['trainable_sums'])} != {sorted(sums)}"
+                for run_id, run in expected.items() if sorted(got[run_id]["trainable_sums"]) != sorted(sums := run["trainable_sums"])]
     changed += [f"{run_id}.{name}: sum, sum of squares {got[run_id]['trainable_sums'].get(name)} != {sums}"
                 for run_id in expected for name, sums in expected[run_id]["trainable_sums"].items()
                 if not _same_tensor(got[run_id]["trainable_sums"].get(name), sums)]
