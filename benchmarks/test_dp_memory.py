@@ -117,13 +117,18 @@ def test_memory_rule_holds_full_below_the_time_rule(measured):
 
 
 def test_loda_vs_full_dp_memory(measured):
+    """LoDA's DP total against full's. The ratio is a finding about the methods, and it rises whenever the
+    engine serves full fine-tuning better (0.53× → 0.56× when full's convolutions stopped forming a batch
+    weight gradient in the backward), so what fails is LoDA's own DP total growing past its baseline; the
+    target is asserted only where the baseline met it."""
     setting, result = measured
     if setting != "ddpm32":
         pytest.skip("the LoDA/full target is stated at ddpm32")
     ratio = result["loda"]["dp_total_mib"] / result["full"]["dp_total_mib"]
     stored = json.loads(BASELINE.read_text())[setting]["methods"]
     baseline = stored["loda"]["dp_total_mib"] / stored["full"]["dp_total_mib"]
-    print(f"ddpm32 LoDA / full DP total: {ratio:.2f}× (baseline {baseline:.2f}×, target ≤ {LODA_VS_FULL_TARGET}×)")
-    assert ratio <= baseline * (1 + TOLERANCE)
+    met = "met" if ratio <= LODA_VS_FULL_TARGET else "MISSED"
+    print(f"ddpm32 LoDA / full DP total: {ratio:.2f}× (baseline {baseline:.2f}×, target ≤ {LODA_VS_FULL_TARGET}×: {met})")
+    assert result["loda"]["dp_total_mib"] <= stored["loda"]["dp_total_mib"] * (1 + TOLERANCE)
     if baseline <= LODA_VS_FULL_TARGET:
         assert ratio <= LODA_VS_FULL_TARGET

@@ -394,6 +394,75 @@ def test_batches_of_changing_size_reuse_the_per_example_workspace_correctly():
         assert max(errors.values()) <= TOL, (batch, errors)
 
 
+class ConvAfterConv(nn.Module):
+    """A conv variant whose input comes from a trainable conv, on an odd-sized image: the first conv's
+    per-example gradients pass through the variant's *input* gradient (output padding where strided)."""
+
+    def __init__(self, variant: dict):
+        super().__init__()
+        self.first = nn.Conv2d(3, 3, 3, padding=1)
+        self.variant = nn.Conv2d(**variant)
+
+    def forward(self, x):
+        return self.variant(torch.tanh(self.first(x))).flatten(1)
+
+
+# the variants whose backward skips the weight gradient (zero padding given as numbers)
+NUMERIC_ZERO_PADDING = [name for name, conv in CONVS.items()
+                        if conv.get("padding_mode", "zeros") == "zeros" and not isinstance(conv.get("padding"), str)]
+
+
+@pytest.mark.parametrize("conv", NUMERIC_ZERO_PADDING)
+def test_conv_backward_without_the_weight_gradient_is_exact_and_undone(conv):
+    """After the first call (whose coverage check needs autograd's weight gradients), a conv whose weight
+    trains runs a backward that forms only its input and bias gradients; the module's forward is restored
+    after each call, also when the loss function fails."""
+    torch.manual_seed(0)
+    model = ConvAfterConv(CONVS[conv]).double()
+    params = list(model.parameters())
+    k, batch = 2, 3
+    x = torch.randn(batch * k, 3, 13, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    backward_nodes = []
+    model.variant.register_forward_hook(lambda m, i, out: backward_nodes.append(type(out.grad_fn).__name__))
+    clipper = BookKeepingClipper(model, params, k, path="instantiate")
+    errors = errors_against(clipper, rows_losses(model, x, k), params,
+                            reference_for_rows(model, params, x, k, batch), batch)
+    assert max(errors.values()) <= TOL, errors
+    calls = batch + 1  # errors_against's calls of weighted_sum, after the reference loop's forwards
+    assert backward_nodes[-calls] == "ConvolutionBackward0"  # the first call: the coverage check
+    assert set(backward_nodes[-calls + 1:]) == {"_ConvWithoutWeightGradientBackward"}
+    assert "_conv_forward" not in vars(model.variant) and "_conv_forward" not in vars(model.first)
+    model(x).sum().backward()  # outside the clipper's calls, autograd forms weight gradients as before
+    assert model.variant.weight.grad is not None and backward_nodes[-1] == "ConvolutionBackward0"
+
+    def failing():
+        model(x)
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        clipper.weighted_sum(failing, lambda n: torch.ones_like(n))
+    assert "_conv_forward" not in vars(model.variant)
+
+
+def test_conv_backward_without_the_weight_gradient_under_bf16_autocast():
+    """The input gradient is formed in the autocast dtype and handed back in the input's dtype: the norms
+    match the coverage-checked first call's to bf16 rounding."""
+    torch.manual_seed(0)
+    model = ConvAfterConv(CONVS["strided-dilated"])
+    params = list(model.parameters())
+    x = torch.randn(4, 3, 13, 11)
+    clipper = BookKeepingClipper(model, params, 1, path="instantiate")
+
+    def bf16_losses():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return rows_losses(model, x, 1)()
+
+    _, first, _ = clipper.weighted_sum(bf16_losses, lambda n: torch.ones_like(n))
+    sums, later, _ = clipper.weighted_sum(bf16_losses, lambda n: torch.ones_like(n))
+    assert later.dtype == torch.float32 and all(s.dtype == torch.float32 for s in sums)
+    torch.testing.assert_close(later, first, rtol=2e-2, atol=0)
+
+
 class Tokens(nn.Module):
     """Embedding with a padding row, LayerNorm, and token-wise linears: inputs [N, T] token ids."""
 

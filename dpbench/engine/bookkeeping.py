@@ -8,7 +8,9 @@ examples:
    parameter recording the module's input (where a weight trains) and a gradient hook on its output;
 2. one ``torch.autograd.grad`` of the summed per-example losses with respect to one small trainable
    parameter per layer (a bias where there is one) — no weight gradient is formed and no ``.grad``
-   written — during which the output hooks receive each layer's output gradients;
+   written (a convolution's backward, which on CPU forms the weight gradient even when autograd does
+   not ask for it, is swapped for one that does not: ``_ConvWithoutWeightGradient``) — during which the
+   output hooks receive each layer's output gradients;
 3. per layer, as soon as its output gradients are in (still inside the backward), each example's squared
    gradient norm, from the *ghost norm* or from the *instantiated* per-example gradient (per layer type, by its rule); an
    instantiated layer then drops its input and output gradients, so the backward frees memory as a
@@ -146,6 +148,11 @@ class BookKeepingClipper:
         ``weights_fn`` maps the norms [b] to the weights w [b]. Sums are in float32, or the parameter dtype
         if wider.
         """
+        # After the first call's coverage check (which compares with autograd's weight gradients, so needs
+        # them formed), modules may skip the batch weight gradient that book-keeping forms per example itself.
+        if self._coverage_checked:
+            for layer in self._layers:
+                layer.skip_weight_gradient()
         self._recording = True
         try:
             losses = loss_fn()
@@ -154,6 +161,8 @@ class BookKeepingClipper:
             raise
         finally:
             self._recording = False
+            for layer in self._layers:
+                layer.restore_forward()
         try:
             if losses.dim() != 1:
                 raise ValueError(f"loss_fn must return per-example losses of shape [b], not {tuple(losses.shape)}")

@@ -167,6 +167,14 @@ class _Layer:
     def release_workspace(self) -> None:
         self._workspace = None
 
+    def skip_weight_gradient(self) -> None:
+        """For the next forward, let the module's backward skip forming the weight gradient of the whole
+        batch, which book-keeping forms per example itself (only where that saves time; by default nothing
+        changes). Undone by :meth:`restore_forward`."""
+
+    def restore_forward(self) -> None:
+        """Undo :meth:`skip_weight_gradient`."""
+
 
 
 class _LinearLayer(_Layer):
