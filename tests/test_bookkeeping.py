@@ -444,9 +444,53 @@ def test_conv_backward_without_the_weight_gradient_is_exact_and_undone(conv):
     assert "_conv_forward" not in vars(model.variant)
 
 
+@pytest.mark.parametrize("kernel,stride,dilation,padding", [
+    (1, 1, 1, 0), (1, 2, 1, 0), (3, 1, 1, 1), (3, 2, 1, 1), (2, 3, 1, 0), (3, 5, 1, 4), (4, 2, 3, (5, 1)),
+    ((3, 1), (1, 4), (2, 1), (0, 2)), (3, 4, 2, 7)])
+def test_conv_without_weight_gradient_matches_autograd_on_every_geometry(kernel, stride, dilation, padding):
+    """Kernels from 1×1, strides beyond the kernel, padding beyond d·(k-1), odd sizes: output padding in every
+    residue the formula can give."""
+    conv = nn.Conv2d(3, 4, kernel, stride=stride, dilation=dilation, padding=padding).double()
+    for size in [(13, 11), (16, 9)]:
+        x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+        out = bookkeeping_conv._ConvWithoutWeightGradient.apply(x, conv.weight, conv.bias, conv.stride, conv.padding,
+                                                                conv.dilation)
+        want = conv(x)
+        assert torch.equal(out, want)
+        grad = torch.randn_like(want)
+        got = torch.autograd.grad(out, [x, conv.bias], grad)
+        expected = torch.autograd.grad(want, [x, conv.bias], grad)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_model_copied_during_the_call_keeps_its_weight_gradient():
+    """deepcopy copies the replaced forward along with the module: the copy must fall back to the ordinary
+    forward (weight gradient included) once the clipper's call is over."""
+    import copy
+
+    torch.manual_seed(0)
+    model = ConvAfterConv(CONVS["strided-dilated"]).double()
+    x = torch.randn(3, 3, 13, 11, dtype=torch.float64)
+    clipper = BookKeepingClipper(model, list(model.parameters()), 1)
+    copies = []
+
+    def copying_losses():
+        copies.append(copy.deepcopy(model))
+        return rows_losses(model, x, 1)()
+
+    for _ in range(2):  # the second call runs the forward without weight gradients
+        clipper.weighted_sum(copying_losses, lambda n: torch.ones_like(n))
+    copied = copies[-1]
+    copied(x).sum().backward()
+    reference = copy.deepcopy(model)
+    reference(x).sum().backward()
+    torch.testing.assert_close(copied.variant.weight.grad, reference.variant.weight.grad)
+
+
 def test_conv_backward_without_the_weight_gradient_under_bf16_autocast():
-    """The input gradient is formed in the autocast dtype and handed back in the input's dtype: the norms
-    match the coverage-checked first call's to bf16 rounding."""
+    """The input gradient is formed in the autocast dtype: the norms match the coverage-checked first
+    call's (autograd's backward) to bf16 rounding, and come back in float32."""
     torch.manual_seed(0)
     model = ConvAfterConv(CONVS["strided-dilated"])
     params = list(model.parameters())

@@ -150,11 +150,11 @@ class BookKeepingClipper:
         """
         # After the first call's coverage check (which compares with autograd's weight gradients, so needs
         # them formed), modules may skip the batch weight gradient that book-keeping forms per example itself.
-        if self._coverage_checked:
-            for layer in self._layers:
-                layer.skip_weight_gradient()
-        self._recording = True
         try:
+            if self._coverage_checked:
+                for layer in self._layers:
+                    layer.skip_weight_gradient()
+            self._recording = True
             losses = loss_fn()
         except BaseException:
             self.discard()

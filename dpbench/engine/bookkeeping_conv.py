@@ -220,9 +220,15 @@ class _Conv2dLayer(_Layer):
         # CPU only: that is where the masked backward was measured to cost the full one
         if ("weight" in self.trainable and conv.weight.device.type == "cpu" and conv.padding_mode == "zeros"
                 and not isinstance(conv.padding, str) and "_conv_forward" not in vars(conv)):
-            # an instance attribute shadows nn.Conv2d._conv_forward, which its forward calls
-            conv._conv_forward = lambda x, weight, bias: _ConvWithoutWeightGradient.apply(
-                x, weight, bias, conv.stride, conv.padding, conv.dilation)
+            # an instance attribute shadows nn.Conv2d._conv_forward, which its forward calls; it checks the
+            # flag on every call, so a copy of the module made meanwhile (deepcopy copies the attribute)
+            # falls back to the ordinary forward, with its weight gradient, once this call is over
+            def forward(x, weight, bias):
+                if self._forward_replaced:
+                    return _ConvWithoutWeightGradient.apply(x, weight, bias, conv.stride, conv.padding, conv.dilation)
+                return nn.Conv2d._conv_forward(conv, x, weight, bias)
+
+            conv._conv_forward = forward
             self._forward_replaced = True
 
     def restore_forward(self):
