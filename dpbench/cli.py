@@ -204,6 +204,9 @@ def _add_tune_parser(sub) -> None:
     p.add_argument("--proxy-shift", choices=tuple(PROXY_SHIFTS), default=DEFAULT_PROXY_SHIFT,
                    help="how the proxy's private and test images differ from its pretraining images: transposed "
                    "(default: shapes the proxy model never drew, as on the private task) or none")
+    p.add_argument("--sampling-steps", help="comma-separated DDIM step counts: after the sweep, re-sample the selected "
+                   "candidates' proxy runs from their saved weights at each and pick the fewest that lose nothing "
+                   "(runner/tune_sampling.py)")
     p.add_argument("--results-dir", default="results", help="results root; the sweep goes to DIR/<suite>/tune-<shift>/")
     _add_set(p)
     _add_common(p)
@@ -242,7 +245,8 @@ EXAMPLES = {
                "dpbench export results/ --format parquet --out runs.parquet"],
     "profile": ["dpbench profile --preset tiny,small --only method=loda --only method=full",
                 "dpbench profile quickstart --batch-sizes 64,256"],
-    "tune": ["dpbench tune quickstart --only method=loda --lr-factors 0.5,1,2"],
+    "tune": ["dpbench tune quickstart --only method=loda --lr-factors 0.5,1,2",
+             "dpbench tune mnist10k-cpu --lr-factors 1 --sampling-steps 10,5"],
     "regress": ["dpbench regress results/profile-small.json --baseline benchmarks/baseline/profile-small.json"],
     "docs": ["dpbench docs --check", "dpbench docs --from-results results/mnist10k-cpu"],
 }

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from dpbench.runner.tune_selection import PROXY_SHIFTS, SEED_DISAGREEMENT, CandidateScores, rejection, select
+from dpbench.runner.tune_selection import (PROXY_SHIFTS, SEED_DISAGREEMENT, CandidateScores, rejection, select,
+                                          select_sampling_steps)
 
 PRETRAINED_FID = 80.0
 UNSHIFTED, TRANSPOSED = PROXY_SHIFTS["none"].fid_bar_factor, PROXY_SHIFTS["transpose"].fid_bar_factor
@@ -79,3 +80,21 @@ def test_every_proxy_shift_is_a_cli_choice_and_the_bar_is_worded_by_its_factor()
         assert parser.parse_args(["tune", "quickstart", "--proxy-shift", name]).proxy_shift == name
     assert "above the pretrained proxy model's" in rule(TRANSPOSED)
     assert "above 2x the pretrained proxy model's" in rule(UNSHIFTED)
+
+
+def test_sampling_steps_the_fewest_that_lose_nothing_and_stay_under_the_fid_bar():
+    # mnist10k-cpu's proxy (2026-12-06): 20 steps 0.475, 10 steps 0.495, 5 steps 0.479 with a run's FID at 31.3
+    at = {20: scores(0, [0.62, 0.33], [11.7, 9.5]), 10: scores(0, [0.64, 0.37], [10.9, 17.2]),
+          5: scores(0, [0.63, 0.36], [16.8, 31.3])}
+    chosen, reasons = select_sampling_steps(20, at, 18.5, TRANSPOSED)
+    assert chosen == 10 and reasons[10] is None and reasons[20] is None and "31.3" in reasons[5]
+    assert select_sampling_steps(20, at, 40.0, TRANSPOSED)[0] == 5, "under a higher bar the fewest steps win"
+    # fewer steps that lose accuracy are set aside; the suite's own count is the fallback
+    worse = {20: scores(0, [0.62, 0.33]), 10: scores(0, [0.60, 0.33])}
+    chosen, reasons = select_sampling_steps(20, worse, 80.0, TRANSPOSED)
+    assert chosen == 20 and "below" in reasons[10]
+    # a count measured on fewer runs than the suite's is not compared
+    assert select_sampling_steps(20, {20: scores(0, [0.6, 0.3]), 10: scores(0, [0.9])}, 80.0, TRANSPOSED)[0] == 20
+    # nothing selected, nothing re-sampled: the suite's count, every row saying why
+    chosen, reasons = select_sampling_steps(20, {20: scores(0, []), 10: scores(0, [])}, 80.0, TRANSPOSED)
+    assert chosen == 20 and all(r for r in reasons.values())

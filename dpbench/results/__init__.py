@@ -19,7 +19,8 @@ from dpbench.results.files import (CSV_EXCLUDE, NAME_PATTERN, check_name, csv_ro
 from dpbench.results.schema import (SCHEMA_VERSION, AuditResult, Baselines, ClippingDiagnostics, ClippingInfo,
                                     DpOverheadBaseline, DpOverheadMethod, Estimate, GpuPhase, Profile, ProfileEntry,
                                     Provenance, Record, ResultsSummary, RunResult, SelfcheckMethod, SelfcheckReport,
-                                    SummaryCell, SummaryMethod, ThreatModelResult, TuneCandidate, TuneResult)
+                                    SamplingStepsCandidate, SummaryCell, SummaryMethod, ThreatModelResult, TuneCandidate,
+                                    TuneResult)
 
 __all__ = [
     "Epsilon", "display_epsilon", "format_epsilon", "parse_epsilon",
@@ -29,5 +30,5 @@ __all__ = [
     "SCHEMA_VERSION", "AuditResult", "Baselines", "ClippingDiagnostics", "ClippingInfo", "DpOverheadBaseline",
     "DpOverheadMethod", "Estimate", "GpuPhase", "Profile", "ProfileEntry", "Provenance", "Record", "ResultsSummary",
     "RunResult", "SelfcheckMethod", "SelfcheckReport", "SummaryCell", "SummaryMethod", "ThreatModelResult",
-    "TuneCandidate", "TuneResult",
+    "SamplingStepsCandidate", "TuneCandidate", "TuneResult",
 ]

@@ -387,6 +387,18 @@ class TuneCandidate(Record):
     selected: bool = False
 
 
+class SamplingStepsCandidate(Record):
+    steps: int = Field(description="DDIM steps the selected candidates' proxy runs were sampled with")
+    run_ids: list[str] = Field(default_factory=list, description="the proxy runs re-sampled (the same at every count)")
+    proxy_accuracies: list[float] = Field(default_factory=list, description="per run, in run_ids' order")
+    proxy_fids: list[float] = Field(default_factory=list, description="per run, in run_ids' order")
+    proxy_accuracy: Optional[float] = Field(None, description="mean over the runs")
+    sample_seconds: Optional[float] = Field(None, description="mean sampling time per run (the runs' own at the "
+                                            "suite's steps)")
+    rejected: Optional[str] = Field(None, description="why the sampling-steps rule set this count aside")
+    selected: bool = False
+
+
 class TuneResult(Provenance):
     """``dpbench tune``: learning rates (and C when fixed) chosen on a proxy task made of public data only."""
 
@@ -403,3 +415,7 @@ class TuneResult(Provenance):
                                                   "proxy test split: a candidate must not end above it")
     selection_rule: str = Field("", description="how one candidate per method was selected (runner/tune_selection.py)")
     tuned_suite: str = Field(description="the suite with the selected values, relative to the tune folder")
+    sampling_steps: list[SamplingStepsCandidate] = Field(
+        default_factory=list, description="--sampling-steps: the selected candidates' runs re-sampled at each count "
+                                          "(empty without it)")
+    sampling_steps_rule: str = Field("", description="how the step count was selected (runner/tune_selection.py)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -46,9 +47,10 @@ def classifier_training(evaluation: "EvaluationSettings") -> "ClassifierTraining
                               batch_size=e.classifier_batch_size, lr=e.classifier_lr)
 
 
-def sample_and_evaluate(ctx: RunContext, model, seed: int, folder: Optional[Path], telemetry=None) -> dict:
+def sample_and_evaluate(ctx: RunContext, model, seed: int, folder: Optional[Path], telemetry=None,
+                        sampling_steps: Optional[int] = None) -> dict:
     """Sampling and evaluation metrics; ``telemetry`` (dpbench/engine/telemetry.py), if given, records
-    the two phases."""
+    the two phases; ``sampling_steps`` replaces the suite's step count (``dpbench tune --sampling-steps``)."""
     from dpbench.evaluation.classifiers import train_and_evaluate
     from dpbench.evaluation.features import extract_features
     from dpbench.evaluation.metrics import frechet_distance, precision_recall
@@ -59,7 +61,10 @@ def sample_and_evaluate(ctx: RunContext, model, seed: int, folder: Optional[Path
     start = time.perf_counter()
     labels = balanced_labels(s.num_samples, ctx.num_classes)
     with phase("sample"):
-        images = sample_images(model, labels, sampler_settings(ctx.suite), seed=seed, device=str(ctx.device),
+        sampler = sampler_settings(ctx.suite)
+        if sampling_steps is not None:
+            sampler = replace(sampler, steps=sampling_steps)
+        images = sample_images(model, labels, sampler, seed=seed, device=str(ctx.device),
                                progress=ctx.progress)
     out = {"sample_seconds": time.perf_counter() - start}
     if folder is not None:

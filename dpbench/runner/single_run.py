@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from dpbench.errors import EXIT_CHECK_FAILED
+from dpbench.errors import EXIT_CHECK_FAILED, UserError
 from dpbench.results import (ClippingInfo, GpuPhase, RunResult, format_epsilon, run_dir, write_bytes_atomic,
                              write_model)
 from dpbench.runner.context import RunContext
@@ -324,4 +324,20 @@ def _save_trainable(model, path: Path, results_dir: Path) -> None:
 
     tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     write_bytes_atomic(path, save(tensors), inside=results_dir)
+
+
+def load_trainable(model, path: Path) -> None:
+    """Put the weights :func:`_save_trainable` wrote back into a model prepared the same way (the run's recipe
+    and seed); a one-line error when they do not match its trainable parameters."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(trainable):
+        missing, extra = sorted(set(trainable) - set(saved)), sorted(set(saved) - set(trainable))
+        raise UserError(f"{path}: its tensors do not match the model's trainable parameters (missing {missing[:3]}, "
+                        f"unexpected {extra[:3]}) — it was saved by another method or settings; run it again")
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            trainable[name].copy_(tensor)
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -52,7 +53,7 @@ from dpbench.results import (TuneCandidate, TuneResult, check_name, display_epsi
                              parse_epsilon, run_dir, write_bytes_atomic, write_model)
 from dpbench.runner.context import RunContext, RunnerSettings
 from dpbench.runner.tune_selection import (DEFAULT_PROXY_SHIFT, MIN_SEEDS, PROXY_SHIFTS, CandidateScores, rule,
-                                          select)
+                                          sampling_steps_rule, select)
 
 log = logging.getLogger("dpbench")
 
@@ -114,10 +115,66 @@ def _label(method: MethodSpec, lr: float, clipping) -> str:
 
 def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon: str | None = None,
          lrs: list[float] | None = None, lr_factors: list[float] | None = None,
-         seeds: list[int] | None = None, proxy_shift: str = DEFAULT_PROXY_SHIFT) -> tuple[Path, TuneResult]:
-    """Sweep each chosen method's candidates on the proxy task; write ``tune.json`` and the tuned suite."""
-    from dpbench.data.base import dataset_num_classes, dataset_train_size, load_dataset
+         seeds: list[int] | None = None, proxy_shift: str = DEFAULT_PROXY_SHIFT,
+         sampling_steps: list[int] | None = None) -> tuple[Path, TuneResult]:
+    """Sweep each chosen method's candidates on the proxy task; with ``sampling_steps``, re-sample the selected
+    ones at those DDIM step counts (dpbench/runner/tune_sampling.py); write ``tune.json`` and the tuned suite."""
     from dpbench.provenance import provenance
+
+    suite = settings.suite
+    if sampling_steps is not None and (not sampling_steps or min(sampling_steps) < 1):
+        raise UserError(f"--sampling-steps {','.join(map(str, sampling_steps))}: give DDIM step counts ≥ 1, e.g. 10,5")
+    task = proxy_task(settings, methods=methods, epsilon=epsilon, lrs=lrs, lr_factors=lr_factors, seeds=seeds,
+                      proxy_shift=proxy_shift)
+    ctx, n, eps, splits, num_classes = task.ctx, task.n, task.epsilon, task.splits, task.num_classes
+    public = suite.data.public
+    log.info("dpbench tune: %d candidates × %d seed(s) at ε=%s on a proxy of %s (N=%d, test %d, pretrain %d)",
+             len(ctx.suite.methods), len(ctx.suite.seeds), display_epsilon(eps), public.name, n, len(ctx.test[0]),
+             len(splits["pretrain"][0]))
+    pretrained_fid = _pretrained_proxy_fid(ctx)
+    fid_factor = PROXY_SHIFTS[proxy_shift].fid_bar_factor
+    results = _run_candidates(ctx, n)
+    rows = _rank(task.chosen, task.proxies, results, pretrained_fid, fid_factor)
+    steps_rows = []
+    if sampling_steps:
+        from dpbench.runner.tune_sampling import tune_sampling_steps
+
+        by_id = {r.run_id: r for group in results.values() for r in group}
+        steps_rows = tune_sampling_steps(ctx, rows, by_id, sampling_steps, n, pretrained_fid, fid_factor)
+    tuned_name = f"{suite.name}-tuned.yaml"
+    proxy = (f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, {len(ctx.test[0])} proxy-test, "
+             f"{len(splits['pretrain'][0])} pretraining examples; classes 0..{num_classes - 1} renamed by a fixed "
+             f"derangement; proxy {PROXY_SHIFTS[proxy_shift].description}")
+    record = TuneResult(suite=suite.name, proxy=proxy, epsilon=eps, seeds=list(ctx.suite.seeds), candidates=rows,
+                        proxy_shift=proxy_shift, pretrained_proxy_fid=pretrained_fid,
+                        selection_rule=rule(fid_factor), tuned_suite=tuned_name, sampling_steps=steps_rows,
+                        sampling_steps_rule=sampling_steps_rule(fid_factor) if steps_rows else "",
+                        **provenance(ctx.device))
+    write_model(ctx.results_dir / "tune.json", record, inside=ctx.results_dir)
+    write_bytes_atomic(ctx.results_dir / tuned_name,
+                       _tuned_yaml(settings, record).encode(), inside=ctx.results_dir)
+    return ctx.results_dir, record
+
+
+@dataclass
+class ProxyTask:
+    """The proxy task of one tune: its run context (the candidates as the suite's methods), N, the ε, the suite's
+    methods being tuned and their candidates, the public splits and the class count."""
+
+    ctx: RunContext
+    n: int
+    epsilon: float
+    chosen: list
+    proxies: dict
+    splits: dict
+    num_classes: int
+
+
+def proxy_task(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon: str | None = None,
+               lrs: list[float] | None = None, lr_factors: list[float] | None = None, seeds: list[int] | None = None,
+               proxy_shift: str = DEFAULT_PROXY_SHIFT) -> ProxyTask:
+    """The proxy task built from the public data alone, its proxy model pretrained (cached); nothing runs yet."""
+    from dpbench.data.base import dataset_num_classes, dataset_train_size, load_dataset
     from dpbench.runner.devices import resolve_device
 
     suite = settings.suite
@@ -139,24 +196,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     proxy_suite = _proxy_suite(suite, [p for group in proxies.values() for p in group], eps, seeds)
     device = resolve_device(settings.device or suite.device)
     ctx = _proxy_context(settings, proxy_suite, splits, num_classes, device, proxy_shift)
-    log.info("dpbench tune: %d candidates × %d seed(s) at ε=%s on a proxy of %s (N=%d, test %d, pretrain %d)",
-             len(proxy_suite.methods), len(proxy_suite.seeds), display_epsilon(eps), public.name, n, len(ctx.test[0]),
-             len(splits["pretrain"][0]))
-    pretrained_fid = _pretrained_proxy_fid(ctx)
-    fid_factor = PROXY_SHIFTS[proxy_shift].fid_bar_factor
-    rows = _rank(chosen, proxies, _run_candidates(ctx, n), pretrained_fid, fid_factor)
-    tuned_name = f"{suite.name}-tuned.yaml"
-    proxy = (f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, {len(ctx.test[0])} proxy-test, "
-             f"{len(splits['pretrain'][0])} pretraining examples; classes 0..{num_classes - 1} renamed by a fixed "
-             f"derangement; proxy {PROXY_SHIFTS[proxy_shift].description}")
-    record = TuneResult(suite=suite.name, proxy=proxy, epsilon=eps, seeds=list(proxy_suite.seeds), candidates=rows,
-                        proxy_shift=proxy_shift, pretrained_proxy_fid=pretrained_fid,
-                        selection_rule=rule(fid_factor), tuned_suite=tuned_name,
-                        **provenance(device))
-    write_model(ctx.results_dir / "tune.json", record, inside=ctx.results_dir)
-    write_bytes_atomic(ctx.results_dir / tuned_name,
-                       _tuned_yaml(settings, record).encode(), inside=ctx.results_dir)
-    return ctx.results_dir, record
+    return ProxyTask(ctx, n, eps, chosen, proxies, splits, num_classes)
 
 
 def _tune_target(settings: RunnerSettings, methods: list[str] | None, epsilon: str | None) -> tuple[float, list]:
@@ -282,8 +322,12 @@ def _tuned_yaml(settings: RunnerSettings, record: TuneResult) -> str:
             entry["max_grad_norm"] = float(pick.clipping)
         except ValueError:
             pass  # auto / quantile: unchanged
+    steps = next((row.steps for row in record.sampling_steps if row.selected), None)
+    if steps is not None:
+        raw.setdefault("sampling", {})["steps"] = steps
     header = (f"# Learning rates (and C where clipping is fixed) selected by `dpbench tune` at ε={format_epsilon(record.epsilon)}\n"
               f"# on a proxy task made of public data only: {record.proxy}.\n"
               f"# Rule over seeds {record.seeds}: {record.selection_rule}.\n"
+              + (f"# Sampling steps {steps}: {record.sampling_steps_rule}.\n" if steps is not None else "") +
               f"# Sweep: tune.json beside this file ({stable_hash(record.model_dump(mode='json'))}).\n")
     return header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)

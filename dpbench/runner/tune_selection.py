@@ -117,3 +117,38 @@ def select(candidates: Sequence[CandidateScores], pretrained_fid: Optional[float
 
     close = [i for i in kept if within_noise(i)]
     return min(close, key=lambda i: (candidates[i].lr, -candidates[i].mean_accuracy)), reasons
+
+
+# Sampling steps (``dpbench tune --sampling-steps``): sampling is post-processing of the trained weights, so
+# other step counts are measured on the same proxy runs, re-sampled from their saved weights with the same
+# seeds (a paired comparison that costs no training). Fewer steps are cheaper; the rule takes the fewest that
+# lose nothing on the proxy and keep every run's samples under the FID bar, and otherwise keeps the suite's.
+def sampling_steps_rule(fid_factor: float) -> str:
+    """The sampling-steps rule in words, as tune.json records it."""
+    bar = "the pretrained proxy model's" if fid_factor == 1 else f"{fid_factor:g}x the pretrained proxy model's"
+    return ("over the selected candidates' proxy runs, re-sampled from their saved weights with the same seeds: "
+            "the fewest DDIM steps whose mean proxy accuracy is at least that at the suite's steps and with no "
+            f"run's proxy FID above {bar}; else the suite's steps")
+
+
+def select_sampling_steps(suite_steps: int, scores: dict[int, CandidateScores], pretrained_fid: Optional[float],
+                          fid_factor: float) -> tuple[int, dict[int, Optional[str]]]:
+    """The step count to sample with and, per step count measured, why it was set aside (None: kept).
+    ``scores[steps]`` holds the same runs' accuracies and FIDs at each step count, ``suite_steps`` among them."""
+    reference = scores[suite_steps].mean_accuracy
+    if reference is None:  # no candidate was selected, or none of its runs finished: nothing to compare
+        return suite_steps, {steps: "no selected candidate's runs to compare" for steps in sorted(scores)}
+    bar = None if pretrained_fid is None else fid_factor * pretrained_fid
+    reasons: dict[int, Optional[str]] = {}
+    for steps, s in sorted(scores.items()):
+        worst = max(s.fids, default=None)
+        if not s.accuracies or len(s.accuracies) != len(scores[suite_steps].accuracies):
+            reasons[steps] = "not every run was re-sampled"
+        elif bar is not None and worst is not None and worst > bar:
+            reasons[steps] = f"a run's proxy FID {worst:.1f} is above {bar:.1f}"
+        elif steps != suite_steps and s.mean_accuracy < reference:
+            reasons[steps] = f"mean proxy accuracy {s.mean_accuracy:.3f} below {reference:.3f} at the suite's {suite_steps}"
+        else:
+            reasons[steps] = None
+    kept = [steps for steps, reason in reasons.items() if reason is None]
+    return (min(kept) if kept else suite_steps), reasons
