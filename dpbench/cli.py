@@ -204,9 +204,10 @@ def _add_tune_parser(sub) -> None:
     p.add_argument("--proxy-shift", choices=tuple(PROXY_SHIFTS), default=DEFAULT_PROXY_SHIFT,
                    help="how the proxy's private and test images differ from its pretraining images: transposed "
                    "(default: shapes the proxy model never drew, as on the private task) or none")
-    p.add_argument("--sampling-steps", help="comma-separated DDIM step counts: after the sweep, re-sample the selected "
-                   "candidates' proxy runs from their saved weights at each and pick the fewest that lose nothing "
-                   "(runner/tune_sampling.py)")
+    p.add_argument("--sampling-steps", help="comma-separated sampling step counts: after the sweep, re-sample the "
+                   "selected candidates' proxy runs from their saved weights at each (and at the suite's) and pick the "
+                   "fewest whose mean proxy accuracy, all methods pooled, is no lower and whose runs stay under the FID "
+                   "bar (runner/tune_sampling.py)")
     p.add_argument("--results-dir", default="results", help="results root; the sweep goes to DIR/<suite>/tune-<shift>/")
     _add_set(p)
     _add_common(p)

@@ -155,6 +155,7 @@ def test_bad_number_lists_are_one_line_user_errors(tmp_path, capsys):
              (["tune", str(path), "--seeds", "3,3"], "--seeds"),
              (["tune", str(path), "--sampling-steps", "10,0"], "--sampling-steps"),
              (["tune", str(path), "--sampling-steps", "ten"], "--sampling-steps"),
+             (["tune", str(path), "--sampling-steps", "5,1001"], "--sampling-steps"),  # beyond the training steps
              (["profile", "--preset", "tiny", "--batch-sizes", "8,x"], "--batch-sizes"),
              (["profile", "--preset", "tiny", "--batch-sizes", "0"], "--batch-sizes"),
              (["profile", "--preset", "tiny", "--image-size", "16,"], "--image-size")]
@@ -184,9 +185,10 @@ def test_the_proxy_runs_the_tune_seeds_even_where_the_suite_has_epsilon_seeds():
 
 
 def test_sampling_steps_are_measured_on_the_selected_runs_rebuilt_from_their_saved_weights(tmp_path, capsys):
-    """`tune --sampling-steps` re-samples finished proxy runs from trainable.safetensors: at the run's own step
-    count the rebuilt model reproduces the run's accuracy and FID exactly (so its weights, recipe and seed are the
-    run's), the rows and the tuned suite follow the rule, and a file from another method is refused by name."""
+    """`tune --sampling-steps` re-samples finished proxy runs from trainable.safetensors (the EMA weights here):
+    at the run's own step count the rebuilt model reproduces the run's accuracy and FID exactly (so its weights,
+    recipe and seed are the run's), the rows hold those re-sampled numbers and follow the rule, the tuned suite
+    takes the selected count, and a file from another method is refused by name."""
     import argparse
 
     import pytest
@@ -203,7 +205,8 @@ def test_sampling_steps_are_measured_on_the_selected_runs_rebuilt_from_their_sav
     from dpbench.runner.tune_selection import sampling_steps_rule, select_sampling_steps
 
     path = tmp_path / "tunable.yaml"
-    path.write_text(yaml.safe_dump({**SUITE, "methods": [{"name": "bias", "lr": 0.01}, {"name": "lora", "lr": 0.002}]}))
+    path.write_text(yaml.safe_dump({**SUITE, "methods": [{"name": "bias", "lr": 0.01}, {"name": "lora", "lr": 0.002}],
+                                    "training": {"ema_decay": 0.9}}))
     out = tmp_path / "out"
     assert main(["tune", str(path), "--lrs", "0.01", "--sampling-steps", "2", "--no-progress",
                  "--results-dir", str(out)]) == 0
@@ -213,16 +216,14 @@ def test_sampling_steps_are_measured_on_the_selected_runs_rebuilt_from_their_sav
     rows = {r.steps: r for r in record.sampling_steps}
     assert sorted(rows) == [2, suite_steps] and record.sampling_steps_rule == sampling_steps_rule(1.0)
     selected_runs = [rid for c in record.candidates if c.selected for rid in c.run_ids]
-    own = {rid: json.loads((folder / "runs" / rid / "result.json").read_text()) for rid in selected_runs}
     assert rows[suite_steps].run_ids == rows[2].run_ids == selected_runs
-    assert rows[suite_steps].proxy_accuracies == [own[r]["downstream_accuracy"] for r in selected_runs]
-    assert len(rows[2].proxy_accuracies) == len(rows[2].proxy_fids) == len(selected_runs)
     expected, reasons = select_sampling_steps(
         suite_steps, {r.steps: CandidateScores(0.0, r.proxy_accuracies, r.proxy_fids) for r in rows.values()},
         record.pretrained_proxy_fid, 1.0)
-    assert [r.steps for r in rows.values() if r.selected] == [expected]
+    assert [r.steps for r in rows.values() if r.selected] == ([] if expected is None else [expected])
     assert {s: r.rejected for s, r in rows.items()} == reasons
-    assert yaml.safe_load((folder / record.tuned_suite).read_text())["sampling"]["steps"] == expected
+    tuned_steps = yaml.safe_load((folder / record.tuned_suite).read_text())["sampling"]["steps"]
+    assert tuned_steps == (suite_steps if expected is None else expected)
     assert "sampling steps" in capsys.readouterr().out
 
     # Every run, selected or not (the rule's verdicts vary with the proxy's OS-entropy noise), rebuilt from its file.
@@ -235,6 +236,11 @@ def test_sampling_steps_are_measured_on_the_selected_runs_rebuilt_from_their_sav
         again, fewer = resample_run(task.ctx, run, [suite_steps, 2])
         assert (again["downstream_accuracy"], again["fid"]) == (result["downstream_accuracy"], result["fid"]), run_id
         assert fewer["fid"] != again["fid"], "another step count samples other images"
+        if run_id in selected_runs:  # the recorded rows are these re-sampled numbers, in run_ids' order
+            i = rows[2].run_ids.index(run_id)
+            assert (rows[2].proxy_accuracies[i], rows[2].proxy_fids[i]) == (fewer["downstream_accuracy"], fewer["fid"])
+            assert (rows[suite_steps].proxy_accuracies[i], rows[suite_steps].proxy_fids[i]) == (
+                result["downstream_accuracy"], result["fid"])
         fresh = run_recipe(task.ctx, run).prepare(seed=run.spec.seed)
         saved = load_file(str(folder / "runs" / run_id / "trainable.safetensors"))
         trained = dict(fresh.named_parameters())
@@ -243,3 +249,5 @@ def test_sampling_steps_are_measured_on_the_selected_runs_rebuilt_from_their_sav
     lora_file = folder / "runs" / next(r for r in planned if r.startswith("lora")) / "trainable.safetensors"
     with pytest.raises(UserError, match="do not match the model's trainable parameters"):
         load_trainable(run_recipe(task.ctx, bias_run).prepare(seed=0), lora_file)
+    with pytest.raises(UserError, match="not found"):
+        load_trainable(run_recipe(task.ctx, bias_run).prepare(seed=0), tmp_path / "none.safetensors")

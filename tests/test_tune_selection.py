@@ -93,8 +93,10 @@ def test_sampling_steps_the_fewest_that_lose_nothing_and_stay_under_the_fid_bar(
     worse = {20: scores(0, [0.62, 0.33]), 10: scores(0, [0.60, 0.33])}
     chosen, reasons = select_sampling_steps(20, worse, 80.0, TRANSPOSED)
     assert chosen == 20 and "below" in reasons[10]
+    # every count above the bar, the suite's too: none selected (the suite keeps its own)
+    assert select_sampling_steps(20, worse, 5.0, TRANSPOSED)[0] is None
     # a count measured on fewer runs than the suite's is not compared
     assert select_sampling_steps(20, {20: scores(0, [0.6, 0.3]), 10: scores(0, [0.9])}, 80.0, TRANSPOSED)[0] == 20
-    # nothing selected, nothing re-sampled: the suite's count, every row saying why
+    # nothing selected, nothing re-sampled: no count selected, every row saying why
     chosen, reasons = select_sampling_steps(20, {20: scores(0, []), 10: scores(0, [])}, 80.0, TRANSPOSED)
-    assert chosen == 20 and all(r for r in reasons.values())
+    assert chosen is None and all(r for r in reasons.values())

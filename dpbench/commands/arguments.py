@@ -48,4 +48,5 @@ def numbers(text: str | None, option: str, cast) -> list | None:
     if not text:
         return None
     return comma_separated(text, cast, option, valid=lambda v: v > 0 if cast is float else v >= 0,
-                           expected="comma-separated positive numbers, e.g. 0.5,1,2")
+                           expected="comma-separated positive numbers, e.g. 0.5,1,2" if cast is float
+                           else "comma-separated whole numbers, e.g. 0,1")

@@ -331,12 +331,16 @@ def load_trainable(model, path: Path) -> None:
     and seed); a one-line error when they do not match its trainable parameters."""
     from safetensors.torch import load_file
 
+    if not path.is_file():
+        raise UserError(f"{path}: not found — the run finished without its weights; delete {path.parent} and run again")
     saved = load_file(str(path))
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(saved) != set(trainable):
+    wrong_shape = sorted(n for n in set(saved) & set(trainable) if saved[n].shape != trainable[n].shape)
+    if set(saved) != set(trainable) or wrong_shape:
         missing, extra = sorted(set(trainable) - set(saved)), sorted(set(saved) - set(trainable))
         raise UserError(f"{path}: its tensors do not match the model's trainable parameters (missing {missing[:3]}, "
-                        f"unexpected {extra[:3]}) — it was saved by another method or settings; run it again")
+                        f"unexpected {extra[:3]}, other shape {wrong_shape[:3]}) — it was saved by another method or "
+                        f"settings; delete {path.parent} and run again")
     with torch.no_grad():
         for name, tensor in saved.items():
             trainable[name].copy_(tensor)

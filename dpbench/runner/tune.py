@@ -122,8 +122,10 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     from dpbench.provenance import provenance
 
     suite = settings.suite
-    if sampling_steps is not None and (not sampling_steps or min(sampling_steps) < 1):
-        raise UserError(f"--sampling-steps {','.join(map(str, sampling_steps))}: give DDIM step counts ≥ 1, e.g. 10,5")
+    most = suite.model.num_train_timesteps
+    if sampling_steps is not None and (not sampling_steps or min(sampling_steps) < 1 or max(sampling_steps) > most):
+        raise UserError(f"--sampling-steps {','.join(map(str, sampling_steps))}: give sampling step counts from 1 to "
+                        f"model.num_train_timesteps ({most}), e.g. 10,5")
     task = proxy_task(settings, methods=methods, epsilon=epsilon, lrs=lrs, lr_factors=lr_factors, seeds=seeds,
                       proxy_shift=proxy_shift)
     ctx, n, eps, splits, num_classes = task.ctx, task.n, task.epsilon, task.splits, task.num_classes
@@ -140,7 +142,7 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
         from dpbench.runner.tune_sampling import tune_sampling_steps
 
         by_id = {r.run_id: r for group in results.values() for r in group}
-        steps_rows = tune_sampling_steps(ctx, rows, by_id, sampling_steps, n, pretrained_fid, fid_factor)
+        steps_rows = tune_sampling_steps(ctx, rows, by_id, sampling_steps, pretrained_fid, fid_factor)
     tuned_name = f"{suite.name}-tuned.yaml"
     proxy = (f"{public.name} train split (seed {PROXY_SEED}): {n} proxy-private, {len(ctx.test[0])} proxy-test, "
              f"{len(splits['pretrain'][0])} pretraining examples; classes 0..{num_classes - 1} renamed by a fixed "

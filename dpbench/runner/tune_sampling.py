@@ -25,40 +25,50 @@ log = logging.getLogger("dpbench")
 
 
 def tune_sampling_steps(ctx: RunContext, candidates: list[TuneCandidate], results: dict[str, RunResult],
-                        step_counts: list[int], num_examples: int, pretrained_fid: Optional[float],
+                        step_counts: list[int], pretrained_fid: Optional[float],
                         fid_factor: float) -> list[SamplingStepsCandidate]:
     """One row per step count (the suite's and ``step_counts``), measured on the selected candidates' finished
-    proxy runs (``results`` by run id); the rule marks one selected."""
+    proxy runs (``results`` by run id), every count re-sampled (the suite's too, so that every row is paired
+    with the same rebuilt models); the rule marks at most one selected. A run that cannot be rebuilt is left
+    out of every row, with a warning: the sweep's own results are still written."""
     from dpbench.runner.plan import plan_runs
 
     suite_steps = ctx.suite.sampling.steps
-    run_ids = [rid for c in candidates if c.selected for rid in c.run_ids
-               if rid in results and results[rid].status == "ok" and results[rid].downstream_accuracy is not None]
-    rows = {suite_steps: SamplingStepsCandidate(
-        steps=suite_steps, run_ids=run_ids, proxy_accuracies=[results[r].downstream_accuracy for r in run_ids],
-        proxy_fids=[results[r].fid for r in run_ids],
-        sample_seconds=_mean([results[r].sample_seconds for r in run_ids]))}
-    others = sorted(set(step_counts) - {suite_steps})
-    for steps in others:
-        rows[steps] = SamplingStepsCandidate(steps=steps, run_ids=run_ids)
-    planned = {p.spec.run_id: p for p in plan_runs(ctx.suite, ctx.settings.data_root, num_examples=num_examples)}
-    seconds: dict[int, list[float]] = {steps: [] for steps in others}
-    for run_id in run_ids if others else []:
-        for steps, measured in zip(others, resample_run(ctx, planned[run_id], others)):
-            rows[steps].proxy_accuracies.append(measured["downstream_accuracy"])
-            rows[steps].proxy_fids.append(measured["fid"])
-            seconds[steps].append(measured["sample_seconds"])
+    counts = sorted(set(step_counts) | {suite_steps})
+    selected = [rid for c in candidates if c.selected for rid in c.run_ids
+                if rid in results and results[rid].status == "ok" and results[rid].downstream_accuracy is not None]
+    planned = {p.spec.run_id: p for p in plan_runs(ctx.suite, ctx.settings.data_root, num_examples=len(ctx.train[0]))}
+    rows = {steps: SamplingStepsCandidate(steps=steps) for steps in counts}
+    seconds: dict[int, list[float]] = {steps: [] for steps in counts}
+    for run_id in selected:
+        try:
+            measured = resample_run(ctx, planned[run_id], counts)
+        except Exception as error:  # noqa: BLE001 — one unreadable run must not cost the sweep its tune.json
+            log.warning("   %s: not re-sampled (%s); it is left out of every sampling-steps row", run_id,
+                        str(error).splitlines()[0] if str(error) else type(error).__name__)
+            continue
+        for steps, m in zip(counts, measured):
+            row = rows[steps]
+            row.run_ids.append(run_id)
+            row.proxy_accuracies.append(m["downstream_accuracy"])
+            row.proxy_fids.append(m["fid"])
+            seconds[steps].append(m["sample_seconds"])
             log.info("   %s at %d sampling steps: accuracy %.3f, FID %.2f, %.1fs sampling", run_id, steps,
-                     measured["downstream_accuracy"], measured["fid"], measured["sample_seconds"])
-    for steps in others:
-        rows[steps].sample_seconds = _mean(seconds[steps])
+                     m["downstream_accuracy"], m["fid"], m["sample_seconds"])
+        again = measured[counts.index(suite_steps)]["downstream_accuracy"]
+        if abs(again - results[run_id].downstream_accuracy) > 1e-6:  # exact on CPU; bf16 on CUDA may differ
+            log.warning("   %s: re-sampled at the suite's %d steps it scores %.4f, the run itself %.4f: the rows "
+                        "compare the re-sampled models", run_id, suite_steps, again, results[run_id].downstream_accuracy)
+    for steps, row in rows.items():
+        row.sample_seconds = sum(seconds[steps]) / len(seconds[steps]) if seconds[steps] else None
+    # CandidateScores is the lr rule's container of per-run accuracies and FIDs; its lr plays no part here
     scores = {steps: CandidateScores(lr=0.0, accuracies=r.proxy_accuracies, fids=r.proxy_fids)
               for steps, r in rows.items()}
     chosen, reasons = select_sampling_steps(suite_steps, scores, pretrained_fid, fid_factor)
     for steps, row in rows.items():
         row.proxy_accuracy = scores[steps].mean_accuracy
         row.rejected, row.selected = reasons[steps], steps == chosen
-    return [rows[steps] for steps in sorted(rows)]
+    return [rows[steps] for steps in counts]
 
 
 def resample_run(ctx: RunContext, planned: "PlannedRun", step_counts: list[int]) -> list[dict]:
@@ -72,8 +82,3 @@ def resample_run(ctx: RunContext, planned: "PlannedRun", step_counts: list[int])
     load_trainable(model, run_dir(ctx.results_dir, planned.spec.run_id) / "trainable.safetensors")
     model.eval()
     return [sample_and_evaluate(ctx, model, planned.spec.seed, None, sampling_steps=steps) for steps in step_counts]
-
-
-def _mean(values: list) -> Optional[float]:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None

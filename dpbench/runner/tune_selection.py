@@ -1,4 +1,5 @@
-"""The rule `dpbench tune` uses to pick one learning rate per method from its proxy sweep.
+"""The rules `dpbench tune` uses to pick one learning rate per method from its proxy sweep, and (with
+``--sampling-steps``) the number of sampling steps.
 
 Decided on the public proxy alone (issue 23). Picking the best mean proxy accuracy from one seed per
 candidate chose, for full fine-tuning on mnist10k-cpu, an lr that diverged on some private seeds (FID
@@ -127,17 +128,18 @@ def sampling_steps_rule(fid_factor: float) -> str:
     """The sampling-steps rule in words, as tune.json records it."""
     bar = "the pretrained proxy model's" if fid_factor == 1 else f"{fid_factor:g}x the pretrained proxy model's"
     return ("over the selected candidates' proxy runs, re-sampled from their saved weights with the same seeds: "
-            "the fewest DDIM steps whose mean proxy accuracy is at least that at the suite's steps and with no "
+            "the fewest sampling steps whose mean proxy accuracy (all methods' runs pooled) is at least that at the suite's steps and with no "
             f"run's proxy FID above {bar}; else the suite's steps")
 
 
 def select_sampling_steps(suite_steps: int, scores: dict[int, CandidateScores], pretrained_fid: Optional[float],
-                          fid_factor: float) -> tuple[int, dict[int, Optional[str]]]:
-    """The step count to sample with and, per step count measured, why it was set aside (None: kept).
-    ``scores[steps]`` holds the same runs' accuracies and FIDs at each step count, ``suite_steps`` among them."""
+                          fid_factor: float) -> tuple[Optional[int], dict[int, Optional[str]]]:
+    """The step count to sample with (None: nothing was measured, the suite keeps its own) and, per step count
+    measured, why it was set aside (None: kept). ``scores[steps]`` holds the same runs' accuracies and FIDs at each
+    step count, ``suite_steps`` among them; the mean pools every method's runs, as one count serves them all."""
     reference = scores[suite_steps].mean_accuracy
-    if reference is None:  # no candidate was selected, or none of its runs finished: nothing to compare
-        return suite_steps, {steps: "no selected candidate's runs to compare" for steps in sorted(scores)}
+    if reference is None:  # no candidate was selected, or none of its runs could be re-sampled
+        return None, {steps: "no selected candidate's runs to compare" for steps in sorted(scores)}
     bar = None if pretrained_fid is None else fid_factor * pretrained_fid
     reasons: dict[int, Optional[str]] = {}
     for steps, s in sorted(scores.items()):
@@ -151,4 +153,4 @@ def select_sampling_steps(suite_steps: int, scores: dict[int, CandidateScores], 
         else:
             reasons[steps] = None
     kept = [steps for steps, reason in reasons.items() if reason is None]
-    return (min(kept) if kept else suite_steps), reasons
+    return (min(kept) if kept else None), reasons
