@@ -60,16 +60,16 @@ class OpacusBackend:
         self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="sum", force_functorch=functorch)
         self._coverage_checked = False  # on the first call (dpbench/engine/coverage.py)
 
-    def _refuse_modules_without_a_grad_sampler(self, model, named_params, grad_samplers) -> None:
+    def _refuse_modules_without_a_grad_sampler(self, model, named_params, registry) -> None:
         """Opacus covers the layer types in its grad-sampler registry; peft's raw parameters (IA3 vectors,
         LoHa factors, DoRA magnitudes, OFT rotations, ...) live in modules it never hooks or refuses."""
         from dpbench.engine.generic import find_units
 
-        units = find_units(model, [p for _, p in named_params], set(grad_samplers))
+        units = find_units(model, [p for _, p in named_params], set(registry))
         if units:
             name, module, owned = units[0]
             # name a parameter whose own module has no rule (DoRA's magnitude, not the LoRA factors beside it)
-            attr = next((a for a in owned if type(module.get_submodule(a.rpartition(".")[0])) not in grad_samplers),
+            attr = next((a for a in owned if type(module.get_submodule(a.rpartition(".")[0])) not in registry),
                         owned[0])
             owner = module.get_submodule(attr.rpartition(".")[0])
             where = f"{name}.{attr}" if name else attr
