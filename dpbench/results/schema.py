@@ -393,8 +393,7 @@ class SamplingStepsCandidate(Record):
     proxy_accuracies: list[float] = Field(default_factory=list, description="per run, in run_ids' order")
     proxy_fids: list[float] = Field(default_factory=list, description="per run, in run_ids' order")
     proxy_accuracy: Optional[float] = Field(None, description="mean over the runs")
-    sample_seconds: Optional[float] = Field(None, description="mean sampling time per run (the runs' own at the "
-                                            "suite's steps)")
+    sample_seconds: Optional[float] = Field(None, description="mean sampling time per re-sampled run")
     rejected: Optional[str] = Field(None, description="why the sampling-steps rule set this count aside")
     selected: bool = False
 

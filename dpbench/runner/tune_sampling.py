@@ -4,7 +4,7 @@ rates.
 Sampling is post-processing of the trained weights, so another step count needs no new training: the selected
 candidates' proxy runs are re-sampled from their saved weights (``trainable.safetensors``) with the same seeds
 and evaluated with the same classifier seeds, a paired comparison on public data only. The suite's own step
-count is read from the runs' results (re-sampling at it reproduces them). The rule (dpbench/runner/
+count is re-sampled too (on CPU that reproduces the runs' own results; a warning says where it does not). The rule (dpbench/runner/
 tune_selection.py :func:`~dpbench.runner.tune_selection.select_sampling_steps`) takes the fewest steps that
 lose no mean proxy accuracy and keep every run under the FID bar.
 """
