@@ -52,13 +52,13 @@ def resample(args: argparse.Namespace) -> int:
     settings = runner_settings(argparse.Namespace(
         suite=args.suite, set=[], smoke=False, results_dir=args.results_dir, data_root=args.data_root,
         cache_dir=args.cache_dir, device=None, progress=False))
-    ctx = RunContext.build(settings)
-    suite_steps = ctx.suite.sampling.steps
-    most = ctx.suite.model.num_train_timesteps
+    suite_steps = settings.suite.sampling.steps
+    most = settings.suite.model.num_train_timesteps
     steps = numbers(args.steps, "--steps", int)
     if min(steps) < 1 or max(steps) > most:
         raise UserError(f"--steps {args.steps}: give sampling step counts from 1 to model.num_train_timesteps "
                         f"({most}), e.g. 20")
+    ctx = RunContext.build(settings)
     counts = sorted(set(steps) | {suite_steps})
     finished = {r.run_id: r for r in load_results(ctx.results_dir) if r.status == "ok"
                 and r.downstream_accuracy is not None}
@@ -69,7 +69,16 @@ def resample(args: argparse.Namespace) -> int:
                if p.spec.run_id in finished]
     runs, by_cell = {}, defaultdict(dict)  # by_cell[(method, ε)][seed] = accuracy at each count
     for p in planned:
-        measured = resample_run(ctx, p, counts)
+        try:
+            measured = resample_run(ctx, p, counts)
+        except UserError as error:  # e.g. no trainable.safetensors: the other runs' numbers still count
+            print(f"resample_steps: {p.spec.run_id} left out: {error.problems[0]}", file=sys.stderr)
+            continue
+        again = measured[counts.index(suite_steps)]["downstream_accuracy"]
+        if again != finished[p.spec.run_id].downstream_accuracy:  # exact on CPU at the run's own thread count
+            print(f"resample_steps: {p.spec.run_id} re-sampled at the suite's {suite_steps} steps scores {again:.4f}, "
+                  f"the run itself {finished[p.spec.run_id].downstream_accuracy:.4f} (another thread count or "
+                  "device?): the differences compare the re-sampled models", file=sys.stderr)
         runs[p.spec.run_id] = {"recorded_accuracy": finished[p.spec.run_id].downstream_accuracy,
                                **{str(n): {k: m[k] for k in ("downstream_accuracy", "fid", "sample_seconds")}
                                   for n, m in zip(counts, measured)}}

@@ -61,6 +61,13 @@ def test_each_run_is_rebuilt_and_the_step_counts_are_paired_over_its_seeds(tmp_p
     assert abs(difference["mean"] - sum(per_seed) / 2) < 1e-12
     assert "2 − 3 steps" in capsys.readouterr().out
 
+    # A run that cannot be rebuilt is left out by name; the others are still measured and written.
+    (out / "resampled" / "runs" / "bias-eps8-seed1" / "trainable.safetensors").unlink()
+    assert _script().resample(argparse.Namespace(**{**vars(args), "out": str(tmp_path / "again.json")})) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert sorted(again["runs"]) == ["bias-eps8-seed0"] and again["differences"] == []
+    assert "bias-eps8-seed1 left out" in capsys.readouterr().err
+
 
 def test_bad_step_counts_and_an_empty_results_folder_are_one_line_errors(tmp_path, monkeypatch, capsys):
     path = tmp_path / "resampled.yaml"
