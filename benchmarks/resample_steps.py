@@ -47,19 +47,17 @@ def resample(args: argparse.Namespace) -> int:
     from dpbench.results import load_results, write_json_atomic
     from dpbench.runner.context import RunContext
     from dpbench.runner.plan import plan_runs
-    from dpbench.runner.tune_sampling import resample_run
+    from dpbench.runner.tune_sampling import check_step_counts, resample_run
 
     settings = runner_settings(argparse.Namespace(
         suite=args.suite, set=[], smoke=False, results_dir=args.results_dir, data_root=args.data_root,
         cache_dir=args.cache_dir, device=None, progress=False))
-    suite_steps = settings.suite.sampling.steps
-    most = settings.suite.model.num_train_timesteps
     steps = numbers(args.steps, "--steps", int)
-    if min(steps) < 1 or max(steps) > most:
-        raise UserError(f"--steps {args.steps}: give sampling step counts from 1 to model.num_train_timesteps "
-                        f"({most}), e.g. 20")
+    check_step_counts(steps, settings.suite, "--steps", "20")
     ctx = RunContext.build(settings)
+    suite_steps = ctx.suite.sampling.steps
     counts = sorted(set(steps) | {suite_steps})
+    own = counts.index(suite_steps)
     finished = {r.run_id: r for r in load_results(ctx.results_dir) if r.status == "ok"
                 and r.downstream_accuracy is not None}
     if not finished:
@@ -74,7 +72,7 @@ def resample(args: argparse.Namespace) -> int:
         except UserError as error:  # e.g. no trainable.safetensors: the other runs' numbers still count
             print(f"resample_steps: {p.spec.run_id} left out: {error.problems[0]}", file=sys.stderr)
             continue
-        again = measured[counts.index(suite_steps)]["downstream_accuracy"]
+        again = measured[own]["downstream_accuracy"]
         if again != finished[p.spec.run_id].downstream_accuracy:  # exact on CPU at the run's own thread count
             print(f"resample_steps: {p.spec.run_id} re-sampled at the suite's {suite_steps} steps scores {again:.4f}, "
                   f"the run itself {finished[p.spec.run_id].downstream_accuracy:.4f} (another thread count or "
@@ -86,8 +84,7 @@ def resample(args: argparse.Namespace) -> int:
         print(p.spec.run_id, " ".join(f"{n} steps: {m['downstream_accuracy']:.4f} (FID {m['fid']:.2f})"
                                       for n, m in zip(counts, measured)), flush=True)
     differences = []
-    own = counts.index(suite_steps)
-    for (method, epsilon), seeds in sorted(by_cell.items(), key=lambda item: (item[0][0], item[0][1])):
+    for (method, epsilon), seeds in sorted(by_cell.items()):
         for i, n in enumerate(counts):
             if n == suite_steps or len(seeds) < 2:
                 continue

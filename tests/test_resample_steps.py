@@ -75,6 +75,7 @@ def test_bad_step_counts_and_an_empty_results_folder_are_one_line_errors(tmp_pat
     script = _script()
     for steps, results, message in [("0", tmp_path, "--steps 0: give sampling step counts from 1 to"),
                                     ("x", tmp_path, "--steps 'x': give comma-separated whole numbers"),
+                                    ("", tmp_path, "--steps : give sampling step counts from 1 to"),
                                     ("2", tmp_path / "none", "--results-dir")]:
         monkeypatch.setattr(sys, "argv", ["resample_steps.py", str(path), "--steps", steps,
                                           "--results-dir", str(results)])

@@ -122,10 +122,10 @@ def tune(settings: RunnerSettings, *, methods: list[str] | None = None, epsilon:
     from dpbench.provenance import provenance
 
     suite = settings.suite
-    most = suite.model.num_train_timesteps
-    if sampling_steps is not None and (not sampling_steps or min(sampling_steps) < 1 or max(sampling_steps) > most):
-        raise UserError(f"--sampling-steps {','.join(map(str, sampling_steps))}: give sampling step counts from 1 to "
-                        f"model.num_train_timesteps ({most}), e.g. 10,5")
+    if sampling_steps is not None:
+        from dpbench.runner.tune_sampling import check_step_counts
+
+        check_step_counts(sampling_steps, suite, "--sampling-steps", "10,5")
     task = proxy_task(settings, methods=methods, epsilon=epsilon, lrs=lrs, lr_factors=lr_factors, seeds=seeds,
                       proxy_shift=proxy_shift)
     ctx, n, eps, splits, num_classes = task.ctx, task.n, task.epsilon, task.splits, task.num_classes

@@ -15,14 +15,25 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Optional
 
+from dpbench.errors import UserError
 from dpbench.results import RunResult, SamplingStepsCandidate, TuneCandidate, run_dir
 from dpbench.runner.context import RunContext
 from dpbench.runner.tune_selection import CandidateScores, select_sampling_steps
 
 if TYPE_CHECKING:
+    from dpbench.config.suite import Suite
     from dpbench.runner.plan import PlannedRun
 
 log = logging.getLogger("dpbench")
+
+
+def check_step_counts(step_counts: Optional[list[int]], suite: "Suite", option: str, example: str) -> None:
+    """A one-line UserError naming ``option`` unless there is a count and every count is a number of DDIM steps
+    the suite's model can take (1 to its training timesteps)."""
+    most = suite.model.num_train_timesteps
+    if not step_counts or min(step_counts) < 1 or max(step_counts) > most:
+        raise UserError(f"{option} {','.join(map(str, step_counts or []))}: give sampling step counts from 1 to "
+                        f"model.num_train_timesteps ({most}), e.g. {example}")
 
 
 def tune_sampling_steps(ctx: RunContext, candidates: list[TuneCandidate], results: dict[str, RunResult],
