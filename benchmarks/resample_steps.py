@@ -58,8 +58,7 @@ def resample(args: argparse.Namespace) -> int:
     suite_steps = ctx.suite.sampling.steps
     counts = sorted(set(steps) | {suite_steps})
     own = counts.index(suite_steps)
-    finished = {r.run_id: r for r in load_results(ctx.results_dir) if r.status == "ok"
-                and r.downstream_accuracy is not None}
+    finished = {r.run_id: r for r in load_results(ctx.results_dir) if r.scored}
     if not finished:
         raise UserError(f"--results-dir {args.results_dir}: no finished run under {ctx.results_dir}; run the suite "
                         f"there first, or name the folder that holds <suite>/runs/")

@@ -151,6 +151,11 @@ class RunResult(Provenance):
         None, description="ε=∞ runs only: mean training loss of the last steps (never written for private runs)")
     samples_grid: Optional[str] = Field(None, description="sample grid, relative to the run folder")
 
+    @property
+    def scored(self) -> bool:
+        """Finished with a downstream accuracy: a run the tune rules and re-sampling can compare."""
+        return self.status == "ok" and self.downstream_accuracy is not None
+
 
 class Baselines(Provenance):
     """Suite-level references (``baselines.json``). Non-private: computed on the private data without the

@@ -286,7 +286,7 @@ def _rank(chosen: list[MethodSpec], proxies: dict[str, list[MethodSpec]], result
     for method in chosen:
         group, scores = [], []
         for p in proxies[method.method_label]:
-            runs = [r for r in results.get(p.method_label, []) if r.status == "ok" and r.downstream_accuracy is not None]
+            runs = [r for r in results.get(p.method_label, []) if r.scored]
             accuracies, fids = [r.downstream_accuracy for r in runs], [r.fid for r in runs if r.fid is not None]
             scores.append(CandidateScores(lr=p.lr, accuracies=accuracies, fids=fids,
                                           failed_seeds=len(results.get(p.method_label, [])) - len(runs)))

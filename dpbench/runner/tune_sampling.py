@@ -48,7 +48,7 @@ def tune_sampling_steps(ctx: RunContext, candidates: list[TuneCandidate], result
     suite_steps = ctx.suite.sampling.steps
     counts = sorted(set(step_counts) | {suite_steps})
     selected = [rid for c in candidates if c.selected for rid in c.run_ids
-                if rid in results and results[rid].status == "ok" and results[rid].downstream_accuracy is not None]
+                if rid in results and results[rid].scored]
     planned = {p.spec.run_id: p for p in plan_runs(ctx.suite, ctx.settings.data_root, num_examples=len(ctx.train[0]))}
     rows = {steps: SamplingStepsCandidate(steps=steps) for steps in counts}
     seconds: dict[int, list[float]] = {steps: [] for steps in counts}
